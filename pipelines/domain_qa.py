@@ -1,0 +1,34 @@
+"""The whole job: sources -> documents -> chunks -> QA pairs -> fine-tuned model
+-> evaluation -> MLflow model version -> `production` alias when it wins.
+
+Run it with `zenml pipeline run pipelines.domain_qa.domain_qa_pipeline -c configs/default.yaml`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zenml import Model, pipeline
+
+from qaforge.config import validate_config
+from steps.chunk import chunk_step
+from steps.evaluate import evaluate_step
+from steps.ingest import ingest_step, sources_fingerprint
+from steps.promote import promote_step
+from steps.register import register_step
+from steps.synthesize import synthesize_step
+from steps.train import train_step
+
+
+@pipeline(model=Model(name="qaforge", description="Domain QA model fine-tuned by qaforge"))
+def domain_qa_pipeline(config: dict[str, Any]) -> None:
+    # The body runs when the pipeline is compiled, so a bad config fails here,
+    # before any step runs.
+    cfg = validate_config(config)
+    corpus = ingest_step(cfg.sources, fingerprint=sources_fingerprint(cfg.sources))
+    chunks = chunk_step(corpus, cfg.chunking, cfg.model)
+    data = synthesize_step(chunks, cfg.synthesis)
+    trained = train_step(data, cfg.model, cfg.training, cfg.prompt)
+    report = evaluate_step(data, trained, cfg.prompt, cfg.evaluation)
+    registered = register_step(trained, cfg.registry)
+    promote_step(report, registered, data, cfg.prompt, cfg.evaluation, cfg.registry)

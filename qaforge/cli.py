@@ -1,0 +1,98 @@
+"""`qaforge` command line: what the ZenML CLI does not do.
+Pipelines themselves run with `zenml pipeline run` (see README)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from qaforge.config import ConfigError, load_config
+
+DEFAULT_CONFIG = Path("configs/default.yaml")
+config_option = click.option(
+    "-c", "--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG,
+    show_default=True, help="Run config YAML.",
+)
+
+
+@click.group()
+def main() -> None:
+    """Build, evaluate and serve domain QA models."""
+
+
+@main.command()
+@click.option("--stack", default="qaforge", show_default=True)
+@config_option
+def setup(stack: str, config_path: Path) -> None:
+    """Create and activate the ZenML stack (idempotent) and cache the base model."""
+    from qaforge.modeling import resolve_base_model
+    from qaforge.stack import setup_stack
+
+    cfg = _load(config_path)
+    click.echo(f"ZenML stack '{setup_stack(stack)}' is active (MLflow tracker + model registry).")
+    click.echo(f"Base model ready at {resolve_base_model(cfg.model)}")
+
+
+@main.command("check-config")
+@click.argument("config_path", type=click.Path(path_type=Path))
+def check_config(config_path: Path) -> None:
+    """Validate a run config without running anything."""
+    _load(config_path)
+    click.echo(f"{config_path}: ok")
+
+
+@main.command()
+@config_option
+def info(config_path: Path) -> None:
+    """Where to look: the MLflow store, its UI command and the production model."""
+    from mlflow.exceptions import MlflowException
+
+    from qaforge.tracking import model_registry, tracking_uri
+
+    cfg = _load(config_path)
+    uri = tracking_uri()
+    click.echo(f"MLflow tracking URI: {uri}")
+    click.echo(f"MLflow UI:           mlflow ui --backend-store-uri {uri} --port 5000")
+    client = model_registry().mlflow_client
+    try:
+        version = client.get_model_version_by_alias(cfg.registry.model_name, cfg.registry.alias)
+    except MlflowException:
+        click.echo(f"No version of '{cfg.registry.model_name}' has alias @{cfg.registry.alias} yet.")
+        return
+    click.echo(f"Production model:    models:/{cfg.registry.model_name}@{cfg.registry.alias} = v{version.version}")
+    metrics = client.get_run(version.run_id).data.metrics
+    for name in sorted(m for m in metrics if m.startswith("eval/")):
+        click.echo(f"  {name:<40} {metrics[name]:.4f}")
+
+
+@main.command()
+@config_option
+@click.option("--model-uri", help="Default: models:/<registry.model_name>@<registry.alias>.")
+@click.option("--host", help="Default: serving.host from the config.")
+@click.option("--port", type=int, help="Default: serving.port from the config.")
+def serve(config_path: Path, model_uri: str | None, host: str | None, port: int | None) -> None:
+    """Serve the production model over HTTP (bearer-token auth)."""
+    import uvicorn
+
+    from qaforge.tracking import tracking_uri
+    from serving.app import ServeSettings, create_app
+
+    cfg = _load(config_path)
+    settings = ServeSettings(
+        model_uri=model_uri or f"models:/{cfg.registry.model_name}@{cfg.registry.alias}",
+        tracking_uri=tracking_uri(),
+        tokens_env=cfg.serving.tokens_env,
+        tokens_file=cfg.serving.tokens_file,
+        max_new_tokens=cfg.serving.max_new_tokens,
+    )
+    uvicorn.run(create_app(settings), host=host or cfg.serving.host, port=port or cfg.serving.port)
+
+
+def _load(config_path: Path):  # noqa: ANN202
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)

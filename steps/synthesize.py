@@ -1,0 +1,246 @@
+"""Synthesize: grounded question/answer pairs from chunks, split by document.
+
+The offline generator needs no model and no network: it turns definitions,
+subject-verb facts, advice, table cells and section openings into questions
+whose answers are full sentences taken from (or built from) the chunk itself.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Iterator
+
+from zenml import step
+
+from qaforge.config import SynthesisConfig
+from qaforge.records import Chunk, ChunkSet, QADataset, QAPair
+
+STOPWORDS = frozenset(
+    "a an the of to in on for and or is are be by with at as it its this that these those from "
+    "into than then can should must may do does what which who how when where why about".split()
+)
+# Verbs that reliably end a subject noun phrase in expository text: (3rd-person form, base form).
+FACT_VERBS = {
+    v: b
+    for b in (
+        "use deliver need require provide support take add reduce increase cost allow let "
+        "connect carry include offer draw limit protect prevent measure define specify cover "
+        "give store send control reach"
+    ).split()
+    for v in (b, b + "es" if b.endswith(("s", "sh", "ch", "x", "z")) else b + "s")
+}
+# Sentence openers that cannot start a subject noun phrase (pronouns, imperatives).
+NOT_SUBJECTS = frozenset(
+    "it this that these they those there he she you we if when while because although "
+    "add use check make keep avoid plug set turn ask install choose follow do never always "
+    "contact try confirm ensure verify move wait park unplug select note remember consider "
+    "look call open close start stop remove replace reset press tap read see find divide "
+    "multiply mount run charge".split()
+)
+
+_DEFINITION = re.compile(
+    r"^(?:(?:An?|The) )?(?P<term>[A-Z0-9][^,;:()]{1,60}?)(?: \([^)]{1,30}\))? "
+    r"(?P<verb>is|are|refers to|means) (?P<rest>.{10,})$"
+)
+_ADVICE = re.compile(r"^(?P<subject>[A-Z][^,;:]{2,50}?) (?P<modal>should|must) (?P<rest>.{10,})$")
+# Docling serializes a table row as "Row key, Column = value. Row key, Column = value."
+_TABLE_CELL_BREAK = re.compile(r"\. (?=[^=]{1,80}? = )")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+_WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
+
+
+def content_tokens(text: str) -> list[str]:
+    return [t for t in _WORD.findall(text.lower()) if t not in STOPWORDS]
+
+
+def grounding(answer: str, context: str) -> float:
+    """Share of the answer's content tokens that occur in the context."""
+    tokens = content_tokens(answer)
+    if not tokens:
+        return 0.0
+    vocabulary = set(content_tokens(context))
+    return sum(t in vocabulary for t in tokens) / len(tokens)
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences of a chunk; lines broken mid-sentence (as in PDFs) are rejoined."""
+    paragraphs: list[str] = []
+    for line in (ln.strip() for ln in text.splitlines()):
+        if not line:
+            continue
+        if paragraphs and not paragraphs[-1].endswith((".", "!", "?", ":")) and line[0].islower():
+            paragraphs[-1] += " " + line
+        else:
+            paragraphs.append(line.lstrip("-*• ").strip())
+    return [s.strip() for p in paragraphs for s in _SENTENCE_END.split(p) if s.strip()]
+
+
+def _lower_first(phrase: str) -> str:
+    """Lower-case a sentence-initial capital, but not in acronyms or names such as
+    'CCS2', 'Level 2' or 'Open Charge Point Protocol'."""
+    words = phrase.split()
+    first, second = words[0], words[1] if len(words) > 1 else ""
+    if (
+        (len(first) > 1 and first[1].isupper())
+        or any(c.isdigit() for c in first)
+        or second[:1].isdigit()
+        or second[:1].isupper()
+    ):
+        return phrase
+    return phrase[0].lower() + phrase[1:]
+
+
+def _definition(sentence: str) -> tuple[str, str] | None:
+    match = _DEFINITION.match(sentence)
+    if not match or match["term"].split()[0].lower() in NOT_SUBJECTS:
+        return None
+    verb = "are" if match["verb"] == "are" else "is"
+    return f"What {verb} {_lower_first(match['term'])}?", sentence
+
+
+def _fact(sentence: str) -> tuple[str, str] | None:
+    words = sentence.rstrip(".").split()
+    for i, word in enumerate(words[1:8], start=1):
+        base = FACT_VERBS.get(word)
+        if base is None:
+            continue
+        subject = " ".join(words[:i])
+        if (
+            words[0].lower() in NOT_SUBJECTS
+            or not subject[0].isupper()
+            or "," in subject
+            or {"that", "which", "who"} & set(words[:i])
+        ):
+            return None
+        auxiliary = "does" if word != base else "do"
+        return f"What {auxiliary} {_lower_first(subject)} {base}?", sentence
+    return None
+
+
+def _advice(sentence: str, topic: str) -> tuple[str, str] | None:
+    match = _ADVICE.match(sentence)
+    if not match or match["subject"].split()[0].lower() in NOT_SUBJECTS:
+        return None
+    return f"When it comes to {_lower_first(topic)}, what {match['modal']} {_lower_first(match['subject'])} do?", sentence
+
+
+def _table_cells(text: str) -> Iterator[tuple[str, str]]:
+    """(question, answer) per table cell; cells cut off at a chunk edge are skipped."""
+    for line in text.splitlines():
+        line = line.replace("**", "").strip(" |")
+        if " = " not in line:
+            continue
+        for cell in _TABLE_CELL_BREAK.split(line):
+            head, _, value = cell.partition(" = ")
+            key, _, column = head.rpartition(", ")
+            value = value.strip().rstrip(".")
+            if (
+                not (key and column and value)
+                or not key[0].isupper()
+                or ":" in key
+                or "=" in value
+                or len(column.split()) > 6
+            ):
+                continue
+            yield (
+                f"What is the {_lower_first(column)} for {key}?",
+                f"For {key}, the {_lower_first(column)} is {value}.",
+            )
+
+
+def pairs_for_chunk(chunk: Chunk, limit: int) -> list[tuple[str, str, str]]:
+    """Candidate (kind, question, answer) triples for one chunk, most specific first."""
+    topic = chunk.headings[-1] if chunk.headings else chunk.title
+    found = [("table", q, a) for q, a in _table_cells(chunk.text)]
+    for sentence in sentences(chunk.text):
+        if "=" in sentence or not 5 <= len(sentence.split()) <= 60:
+            continue
+        for kind, rule in (
+            ("definition", _definition),
+            ("fact", _fact),
+            ("advice", lambda s: _advice(s, topic)),
+        ):
+            if pair := rule(sentence):
+                found.append((kind, *pair))
+                break
+    opening = " ".join(sentences(chunk.text)[:2])
+    if chunk.headings and 8 <= len(opening.split()) <= 80:
+        found.append(("section", f"What does the {chunk.title} material say about {topic}?", opening))
+    return found[:limit]
+
+
+def normalize_question(question: str) -> str:
+    return " ".join(_WORD.findall(question.lower()))
+
+
+def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair], Counter]:
+    """Offline pairs for every chunk, filtered for grounding, length and duplicates."""
+    pairs: list[QAPair] = []
+    dropped: Counter = Counter()
+    seen_questions: set[str] = set()
+    for chunk in chunks.chunks:
+        for kind, question, answer in pairs_for_chunk(chunk, cfg.max_pairs_per_chunk):
+            score = grounding(answer, chunk.text)
+            key = normalize_question(question)
+            if score < cfg.min_grounding:
+                dropped["ungrounded"] += 1
+            elif not 4 <= len(answer.split()) <= 80 or len(question.split()) > 30:
+                dropped["length"] += 1
+            elif key in seen_questions:
+                dropped["duplicate_question"] += 1
+            else:
+                seen_questions.add(key)
+                pairs.append(
+                    QAPair(
+                        question=question,
+                        answer=answer,
+                        chunk_id=chunk.chunk_id,
+                        doc_id=chunk.doc_id,
+                        source=chunk.source,
+                        kind=kind,
+                        grounding=round(score, 3),
+                    )
+                )
+    return pairs, dropped
+
+
+def split_by_document(pairs: list[QAPair], cfg: SynthesisConfig) -> tuple[list, list, list]:
+    """Whole documents go to test, then val, then train, in a seeded order, until
+    each split holds its share of pairs; no document lands in two splits."""
+    per_doc = Counter(p.doc_id for p in pairs)
+    doc_ids = sorted(per_doc)
+    random.Random(cfg.seed).shuffle(doc_ids)
+    total = len(pairs)
+    assignment: dict[str, str] = {}
+    filled = Counter()
+    for doc_id in doc_ids:
+        for split, share in (("test", cfg.split.test), ("val", cfg.split.val)):
+            if filled[split] < share * total and filled[split] + per_doc[doc_id] <= share * total * 1.5:
+                break
+        else:
+            split = "train"
+        assignment[doc_id] = split
+        filled[split] += per_doc[doc_id]
+    buckets: dict[str, list[QAPair]] = {"train": [], "val": [], "test": []}
+    for pair in pairs:
+        buckets[assignment[pair.doc_id]].append(pair)
+    return buckets["train"], buckets["val"], buckets["test"]
+
+
+def synthesize(chunks: ChunkSet, cfg: SynthesisConfig) -> QADataset:
+    pairs, dropped = generate_pairs(chunks, cfg)
+    train, val, test = split_by_document(pairs, cfg)
+    if not train or not test:
+        raise RuntimeError(
+            f"too little data to split by document: {len(pairs)} pairs from "
+            f"{len({p.doc_id for p in pairs})} documents gave train={len(train)}, test={len(test)}; "
+            "add sources or lower synthesis.min_grounding"
+        )
+    return QADataset(train=train, val=val, test=test, dropped=dict(dropped))
+
+
+@step
+def synthesize_step(chunks: ChunkSet, synthesis: SynthesisConfig) -> QADataset:
+    return synthesize(chunks, synthesis)

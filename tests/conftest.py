@@ -1,0 +1,68 @@
+"""Shared fixtures. The environment is set before anything imports ZenML or MLflow:
+tests never touch the user's ZenML store, never send analytics, never download."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+os.environ["ZENML_CONFIG_PATH"] = tempfile.mkdtemp(prefix="qaforge-zenml-")
+os.environ.update(
+    ZENML_ANALYTICS_OPT_IN="false",
+    ZENML_LOGGING_COLORS_DISABLED="true",
+    MLFLOW_DISABLE_TELEMETRY="true",
+    HF_HUB_OFFLINE="1",
+    TRANSFORMERS_OFFLINE="1",
+    CRAWL4AI_NO_CLOUD_NOTICE="1",
+)
+
+import pytest  # noqa: E402
+
+from qaforge.config import ModelConfig, SourcesConfig, SynthesisConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data" / "sample"
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> str:
+    from qaforge.modeling import resolve_base_model
+
+    # The repo's own cache: the GGUF is dequantized once per checkout, not per test run.
+    return resolve_base_model(ModelConfig(cache_dir=REPO / ".qaforge" / "models"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(base_model_dir: str):  # noqa: ANN201
+    from qaforge.modeling import load_tokenizer
+
+    return load_tokenizer(base_model_dir)
+
+
+@pytest.fixture(scope="session")
+def sample_sources() -> SourcesConfig:
+    return SourcesConfig(
+        web=[{"start": "index.html", "serve_dir": SAMPLE / "site"}], files=[SAMPLE / "docs"]
+    )
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(sample_sources: SourcesConfig):  # noqa: ANN201
+    from steps.ingest import ingest
+
+    return ingest(sample_sources)
+
+
+@pytest.fixture(scope="session")
+def sample_chunks(sample_corpus, tokenizer):  # noqa: ANN001, ANN201
+    from steps.chunk import chunk_corpus
+
+    return chunk_corpus(sample_corpus, tokenizer, max_tokens=192)
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(sample_chunks):  # noqa: ANN001, ANN201
+    from steps.synthesize import synthesize
+
+    return synthesize(sample_chunks, SynthesisConfig())

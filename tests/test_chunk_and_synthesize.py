@@ -1,0 +1,82 @@
+from collections import Counter
+
+import pytest
+
+from qaforge.config import SynthesisConfig
+from qaforge.records import Chunk, ChunkSet
+from steps.synthesize import grounding, pairs_for_chunk, sentences, split_by_document, synthesize
+
+
+def test_chunks_carry_provenance_and_fit_the_token_budget(sample_corpus, sample_chunks) -> None:  # noqa: ANN001
+    chunks = sample_chunks.chunks
+    assert len({c.chunk_id for c in chunks}) == len(chunks)
+    assert {c.doc_id for c in chunks} == {d.doc_id for d in sample_corpus.documents}
+    assert all(c.token_count <= 192 for c in chunks)
+    levels = [c for c in chunks if c.source.endswith("levels.html")]
+    assert any("Level 2" in " ".join(c.headings) for c in levels)
+
+
+def _chunk(text: str, headings: list[str] | None = None) -> Chunk:
+    return Chunk(
+        chunk_id="d-0000", doc_id="d", source="s", title="Guide", headings=headings or ["Levels"],
+        text=text, token_count=0,
+    )
+
+
+def test_rules_make_grounded_questions() -> None:
+    chunk = _chunk(
+        "State of charge (SoC) is the battery's energy level as a share of usable capacity. "
+        "Level 2 charging uses a 208 V or 240 V supply.\n"
+        "Type 1, Standard = SAE J1772. Type 1, Maximum power = 19.2 kW."
+    )
+    pairs = {q: (kind, a) for kind, q, a in pairs_for_chunk(chunk, limit=10)}
+    assert pairs["What is state of charge?"][0] == "definition"
+    assert pairs["What does Level 2 charging use?"][1] == "Level 2 charging uses a 208 V or 240 V supply."
+    assert pairs["What is the maximum power for Type 1?"][1] == "For Type 1, the maximum power is 19.2 kW."
+    assert all(grounding(a, chunk.text) == 1.0 for _, a in pairs.values())
+
+
+def test_pronoun_and_imperative_sentences_are_skipped() -> None:
+    chunk = _chunk("It uses 240 V for most homes. Add a load management device that reduces current.")
+    assert [k for k, _, _ in pairs_for_chunk(chunk, 10)] == ["section"]
+
+
+def test_sentences_rejoin_pdf_line_breaks() -> None:
+    assert sentences("A 32 A charger needs a 40 A\nbreaker. Mount it.") == [
+        "A 32 A charger needs a 40 A breaker.",
+        "Mount it.",
+    ]
+
+
+def test_grounding_counts_content_tokens() -> None:
+    assert grounding("The breaker is 40 A.", "a 40 A breaker") == 1.0
+    assert grounding("The breaker is 50 A.", "a 40 A breaker") == 0.5
+
+
+def test_sample_pairs_are_grounded_and_split_by_document(sample_chunks, sample_dataset) -> None:  # noqa: ANN001
+    data = sample_dataset
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    assert all(splits.values())
+    chunk_text = {c.chunk_id: c.text for c in sample_chunks.chunks}
+    for pair in data.train + data.val + data.test:
+        assert pair.grounding >= SynthesisConfig().min_grounding
+        assert abs(grounding(pair.answer, chunk_text[pair.chunk_id]) - pair.grounding) < 1e-3
+    docs = {name: {p.doc_id for p in pairs} for name, pairs in splits.items()}
+    assert not docs["train"] & docs["test"] and not docs["train"] & docs["val"]
+    assert not docs["val"] & docs["test"]
+    total = sum(map(len, splits.values()))
+    assert 0.1 < len(data.test) / total < 0.35
+    assert len({p.question.lower() for pairs in splits.values() for p in pairs}) == total
+    assert Counter(p.kind for p in data.train).keys() >= {"definition", "fact", "table", "section"}
+
+
+def test_split_is_seeded(sample_dataset) -> None:  # noqa: ANN001
+    pairs = sample_dataset.train + sample_dataset.val + sample_dataset.test
+    first = split_by_document(pairs, SynthesisConfig(seed=1))
+    assert split_by_document(pairs, SynthesisConfig(seed=1)) == first
+    assert split_by_document(pairs, SynthesisConfig(seed=2)) != first
+
+
+def test_too_little_data_is_explained() -> None:
+    with pytest.raises(RuntimeError, match="too little data to split by document"):
+        synthesize(ChunkSet(chunks=[_chunk("Level 2 charging uses a 240 V supply in homes.")]), SynthesisConfig())

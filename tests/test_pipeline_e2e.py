@@ -1,0 +1,138 @@
+"""The whole product as a user drives it: `qaforge setup`, `zenml pipeline run`
+twice (the second from cache), `qaforge info`, then `qaforge serve` over HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+import yaml
+
+from conftest import REPO, SAMPLE
+
+pytestmark = pytest.mark.e2e
+STEPS = ["ingest_step", "chunk_step", "synthesize_step", "train_step", "evaluate_step", "register_step", "promote_step"]
+TOKEN = "test-token-123"
+BIN = Path(sys.executable).parent  # the CLIs installed beside this interpreter
+
+
+def _run(*args: str, cwd: Path) -> str:
+    result = subprocess.run(
+        [str(BIN / args[0]), *args[1:]], cwd=cwd, capture_output=True, text=True, timeout=1200, env=os.environ | {"COLUMNS": "200"}
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-6000:]}"
+    return output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's project folder: the smoke config pointing at the sample corpus."""
+    root = tmp_path_factory.mktemp("project")
+    run_config = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    cfg = run_config["parameters"]["config"]
+    cfg["sources"]["web"][0]["serve_dir"] = str(SAMPLE / "site")
+    cfg["sources"]["files"] = [str(SAMPLE / "docs" / "fleet-depot-charging.docx")]
+    cfg["model"] = {"cache_dir": str(REPO / ".qaforge" / "models")}
+    cfg["training"]["output_dir"] = str(root / "train")
+    (root / "run.yaml").write_text(yaml.safe_dump(run_config))
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(project: Path) -> str:
+    _run("qaforge", "setup", "-c", "run.yaml", cwd=project)
+    return _run(
+        "zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline", "-c", "run.yaml", cwd=project
+    )
+
+
+def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
+    assert re.search(r"rougeL\s+[0-9.]+\s+[0-9.]+", first_run), "metrics table printed"
+    assert "qaforge-smoke v1 PROMOTED to @production: rougeL" in first_run
+    info = _run("qaforge", "info", "-c", "run.yaml", cwd=project)
+    tracking_uri = re.search(r"MLflow tracking URI: (\S+)", info)[1]
+    assert "models:/qaforge-smoke@production = v1" in info
+    client = mlflow.MlflowClient(tracking_uri)
+    version = client.get_model_version_by_alias("qaforge-smoke", "production")
+    run = client.get_run(version.run_id)
+    assert run.data.metrics["eval/candidate/rougeL"] > run.data.metrics["eval/base/rougeL"]
+    assert run.data.params["training.method"] == "qlora"
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2, "per-step loss logged"
+    assert "eval/answers.json" in {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert run.data.tags["promotion.promoted"] == "True"
+
+
+def test_second_run_is_served_from_cache(project: Path, first_run: str) -> None:
+    second = _run(
+        "zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline", "-c", "run.yaml", cwd=project
+    )
+    for step_name in STEPS:
+        assert re.search(rf"Using cached version of step\W+{step_name}", second), step_name
+
+
+def test_served_model_answers_over_http(project: Path, first_run: str) -> None:
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "qaforge"), "serve", "-c", "run.yaml", "--port", str(port)],
+        cwd=project, env=os.environ | {"QAFORGE_API_TOKENS": TOKEN},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                health = httpx.get(f"{base}/health", timeout=2)
+                if health.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(1)
+        assert health.json()["version"] == "1"
+
+        question = {"input_text": "What is a typical Level 2 charging voltage?"}
+        assert httpx.post(f"{base}/predict", json=question).status_code == 401
+        wrong = httpx.post(f"{base}/predict", json=question, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert wrong.json()["error"]["message"] == "missing or invalid bearer token"
+
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        answer = httpx.post(f"{base}/predict", json=question, headers=auth, timeout=120)
+        assert answer.status_code == 200
+        assert answer.json()["output_text"].strip()
+        assert answer.json()["model_version"] == "1"
+
+        chat = httpx.post(
+            f"{base}/v1/chat/completions",
+            json={"model": "qaforge-smoke", "messages": [{"role": "user", "content": "What is OCPP?"}], "max_tokens": 16},
+            headers=auth,
+            timeout=120,
+        )
+        assert chat.status_code == 200
+        body = chat.json()
+        assert body["object"] == "chat.completion"
+        assert body["choices"][0]["message"]["role"] == "assistant"
+        assert body["choices"][0]["message"]["content"].strip()
+        assert 0 < body["usage"]["completion_tokens"] <= 16
+        bad = httpx.post(f"{base}/v1/chat/completions", json={"messages": []}, headers=auth)
+        assert bad.status_code == 422
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,35 @@
+"""The prompt the model is trained on is token-for-token the prompt it is served with."""
+
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM
+from trl import SFTConfig, SFTTrainer
+
+from qaforge.prompting import build_messages, render_prompt
+from qaforge.records import QAPair
+from steps.train import sft_dataset
+
+
+def test_training_prompt_tokens_equal_served_prompt_tokens(base_model_dir, tokenizer, tmp_path) -> None:  # noqa: ANN001
+    system = "You answer questions about EV charging."
+    pair = QAPair(
+        question="What does Level 2 charging use?", answer="Level 2 charging uses 240 V.",
+        chunk_id="c", doc_id="d", source="s", kind="fact", grounding=1.0,
+    )
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base_model_dir),
+        args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=256),
+        train_dataset=sft_dataset([pair], system),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    example = trainer.train_dataset[0]
+    served = tokenizer(
+        render_prompt(tokenizer, build_messages(pair.question, system)), add_special_tokens=False
+    )["input_ids"]
+    n = len(served)
+    assert example["input_ids"][:n] == served
+    labels = example["labels"]
+    assert set(labels[:n]) == {-100}, "no loss on prompt tokens"
+    assert labels[n:] == example["input_ids"][n:], "loss on every answer token"
+    answer = tokenizer.decode(example["input_ids"][n:], skip_special_tokens=True)
+    assert answer.strip() == pair.answer
