@@ -3,13 +3,12 @@ so `models:/<name>@production` loads with the same prompt format it was trained 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import mlflow
 
-import qaforge
 from qaforge.modeling import Generation, generate_answers, load_for_inference
+from qaforge.prompting import build_messages
 
 
 class QAModel(mlflow.pyfunc.PythonModel):
@@ -21,25 +20,25 @@ class QAModel(mlflow.pyfunc.PythonModel):
         """Answer one conversation; a request without a system message gets the trained one."""
         if self.system_prompt and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
-        return generate_answers(
-            self.model, self.tokenizer, [], None, max_new_tokens, messages=[messages]
-        )
+        return generate_answers(self.model, self.tokenizer, [messages], max_new_tokens)
 
     def predict(self, context: Any, model_input: list[str], params: dict | None = None) -> list[str]:
         max_new_tokens = int((params or {}).get("max_new_tokens", 128))
-        return generate_answers(
-            self.model, self.tokenizer, list(model_input), self.system_prompt, max_new_tokens
-        ).answers
+        conversations = [build_messages(q, self.system_prompt) for q in model_input]
+        return generate_answers(self.model, self.tokenizer, conversations, max_new_tokens).answers
 
 
 def log_qa_model(merged_dir: str, system_prompt: str | None) -> str:
-    """Log the merged model into the active MLflow run; return its model URI."""
+    """Log the merged model into the active MLflow run; return its model URI.
+
+    The pickled QAModel refers to this module by name (no copy of qaforge's code is
+    logged), so a model loads with the installed qaforge and never shadows it.
+    """
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=QAModel(),
         artifacts={"model_dir": merged_dir},
         model_config={"system_prompt": system_prompt},
-        code_paths=[str(Path(qaforge.__file__).parent)],
         pip_requirements=["mlflow", "torch", "transformers", "pydantic"],
     )
     return info.model_uri

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qaforge.config import ModelConfig
-from qaforge.prompting import build_messages, render_prompt
+from qaforge.prompting import render_prompt
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +84,11 @@ class Generation:
 def generate_answers(
     model: Any,
     tokenizer: Any,
-    questions: list[str],
-    system_prompt: str | None,
+    conversations: list[list[dict[str, str]]],
     max_new_tokens: int,
     batch_size: int = 8,
-    messages: list[list[dict[str, str]]] | None = None,
 ) -> Generation:
-    """Greedy answers to `questions` (or to whole `messages` conversations), in batches."""
-    conversations = messages or [build_messages(q, system_prompt) for q in questions]
+    """Greedy answers to each conversation (see `prompting.build_messages`), in batches."""
     answers: list[str] = []
     prompt_tokens = new_tokens = 0
     start = time.perf_counter()

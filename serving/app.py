@@ -67,9 +67,9 @@ class LoadedModel:
     def _resolve_version(uri: str) -> str | None:
         from mlflow import MlflowClient
 
-        name, sep, alias = uri.removeprefix("models:/").partition("@")
         if not uri.startswith("models:/"):
             return None
+        name, sep, alias = uri.removeprefix("models:/").partition("@")
         if sep:
             return str(MlflowClient().get_model_version_by_alias(name, alias).version)
         return name.rpartition("/")[2]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
 from docling_core.transforms.chunker.tokenizer.huggingface import HuggingFaceTokenizer
 from docling_core.types.doc import DoclingDocument
+from transformers import PreTrainedTokenizerBase
 from zenml import step
 
 from qaforge.config import ChunkingConfig, ModelConfig
@@ -13,7 +14,7 @@ from qaforge.modeling import load_tokenizer, resolve_base_model
 from qaforge.records import Chunk, ChunkSet, Corpus
 
 
-def chunk_corpus(corpus: Corpus, tokenizer, max_tokens: int) -> ChunkSet:  # noqa: ANN001
+def chunk_corpus(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> ChunkSet:
     chunker = HybridChunker(
         tokenizer=HuggingFaceTokenizer(tokenizer=tokenizer, max_tokens=max_tokens)
     )

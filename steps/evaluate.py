@@ -18,6 +18,7 @@ from zenml import step
 
 from qaforge.config import EvaluationConfig, PromptConfig
 from qaforge.modeling import generate_answers, load_for_inference
+from qaforge.prompting import build_messages
 from qaforge.records import EvalReport, EvalRow, QADataset, QAPair, TrainedModel
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,7 @@ def answer_and_score(
     generation = generate_answers(
         model,
         tokenizer,
-        [p.question for p in pairs],
-        prompt.system_prompt,
+        [build_messages(p.question, prompt.system_prompt) for p in pairs],
         cfg.max_new_tokens,
         cfg.batch_size,
     )

@@ -18,6 +18,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from bs4 import BeautifulSoup
+from docling.datamodel.base_models import InputFormat
+from docling.datamodel.pipeline_options import NativePdfPipelineOptions, PdfPipelineOptions
+from docling.document_converter import DocumentConverter, PdfFormatOption
+from docling.pipeline.native_pdf_pipeline import NativePdfPipeline
+from docling_core.types.doc import DoclingDocument
 from tqdm import tqdm
 from zenml import step
 
@@ -60,6 +65,7 @@ def serve_directory(directory: Path) -> Iterator[str]:
 
 
 async def _crawl(start_url: str, source: WebSource) -> list:
+    # crawl4ai pulls in litellm and playwright: import it only when crawling.
     from crawl4ai import AsyncWebCrawler, CacheMode, CrawlerRunConfig, HTTPCrawlerConfig
     from crawl4ai.async_crawler_strategy import AsyncHTTPCrawlerStrategy
     from crawl4ai.deep_crawling import BFSDeepCrawlStrategy
@@ -118,18 +124,10 @@ def strip_boilerplate(html: str) -> str:
 
 
 @functools.cache
-def _converter(pdf_artifacts_path: Path | None):  # -> DocumentConverter
-    from docling.datamodel.base_models import InputFormat
-    from docling.document_converter import DocumentConverter, PdfFormatOption
-
+def _converter(pdf_artifacts_path: Path | None) -> DocumentConverter:
     if pdf_artifacts_path is not None and pdf_artifacts_path.is_dir():
-        from docling.datamodel.pipeline_options import PdfPipelineOptions
-
         pdf = PdfFormatOption(pipeline_options=PdfPipelineOptions(artifacts_path=pdf_artifacts_path))
     else:
-        from docling.datamodel.pipeline_options import NativePdfPipelineOptions
-        from docling.pipeline.native_pdf_pipeline import NativePdfPipeline
-
         log.warning(
             "No docling layout-model artifacts (sources.pdf_artifacts_path): PDFs use the "
             "native pipeline, which keeps text but not headings or tables."
@@ -138,7 +136,7 @@ def _converter(pdf_artifacts_path: Path | None):  # -> DocumentConverter
     return DocumentConverter(format_options={InputFormat.PDF: pdf})
 
 
-def _document(source: str, title: str, converted, converter: str) -> Document:  # noqa: ANN001
+def _document(source: str, title: str, converted: DoclingDocument, converter: str) -> Document:
     markdown = converted.export_to_markdown()
     return Document(
         doc_id=hashlib.sha256(source.encode()).hexdigest()[:16],
@@ -153,8 +151,6 @@ def _document(source: str, title: str, converted, converter: str) -> Document:  
 
 
 def convert_page(page: CrawledPage, pdf_artifacts_path: Path | None = None) -> Document:
-    from docling.datamodel.base_models import InputFormat
-
     result = _converter(pdf_artifacts_path).convert_string(
         strip_boilerplate(page.html), InputFormat.HTML, name=Path(page.source).name or "page.html"
     )

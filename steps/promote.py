@@ -54,13 +54,21 @@ def decide(
 
 
 def production_score(
-    name: str, alias: str, data: QADataset, prompt: PromptConfig, cfg: EvaluationConfig
+    registered: RegisteredModel,
+    alias: str,
+    data: QADataset,
+    prompt: PromptConfig,
+    cfg: EvaluationConfig,
 ) -> tuple[str, float] | None:
-    """Score the current production version on this run's test split, if there is one."""
+    """Score the current production version on this run's test split; None when there
+    is none, or when it is the candidate itself (a rerun of this step)."""
+    name = registered.name
     client = model_registry().mlflow_client
     try:
         current = client.get_model_version_by_alias(name, alias)
     except MlflowException:
+        return None
+    if str(current.version) == registered.version:
         return None
     served = mlflow.pyfunc.load_model(f"models:/{name}@{alias}").unwrap_python_model()
     _, metrics = answer_and_score(served.model, served.tokenizer, test_pairs(data, cfg), prompt, cfg)
@@ -76,7 +84,7 @@ def promote(
     cfg: RegistryConfig,
 ) -> PromotionDecision:
     metric = evaluation.primary_metric
-    production = production_score(registered.name, cfg.alias, data, prompt, evaluation)
+    production = production_score(registered, cfg.alias, data, prompt, evaluation)
     decision = decide(
         metric,
         candidate=report.metrics["candidate"][metric],
