@@ -13,7 +13,7 @@ from zenml import Model, pipeline
 from qaforge.config import validate_config
 from steps.chunk import chunk_step
 from steps.evaluate import evaluate_step
-from steps.ingest import ingest_step, sources_fingerprint
+from steps.ingest import ingest_step
 from steps.promote import promote_step
 from steps.register import register_step
 from steps.synthesize import synthesize_step
@@ -25,7 +25,7 @@ def domain_qa_pipeline(config: dict[str, Any]) -> None:
     # The body runs when the pipeline is compiled, so a bad config fails here,
     # before any step runs.
     cfg = validate_config(config)
-    corpus = ingest_step(cfg.sources, fingerprint=sources_fingerprint(cfg.sources))
+    corpus, _ = ingest_step(cfg.sources)
     chunks = chunk_step(corpus, cfg.chunking, cfg.model)
     data = synthesize_step(chunks, cfg.synthesis)
     trained = train_step(data, cfg.model, cfg.training, cfg.prompt)

@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 
 class WebSource(_Strict):
-    """A site to crawl breadth-first from `start`."""
+    """A site crawled breadth-first from `start` (or from its sitemap)."""
 
     start: str = Field(description="Start URL, or a path inside `serve_dir`.")
     serve_dir: Path | None = Field(
@@ -35,12 +35,27 @@ class WebSource(_Strict):
     )
     max_depth: int = Field(default=2, ge=0, le=10)
     max_pages: int = Field(default=50, ge=1)
+    same_domain: bool = True
+    include: list[str] = Field(default_factory=list, description="URL globs to keep (all if empty).")
+    exclude: list[str] = Field(default_factory=list, description="URL globs to skip.")
     respect_robots_txt: bool = True
+    sitemap: bool = Field(default=False, description="Also seed the crawl from /sitemap.xml.")
+    delay_seconds: float = Field(default=0.0, ge=0, description="Politeness pause per request.")
+    concurrency: int = Field(default=4, ge=1, le=64)
+    retries: int = Field(default=2, ge=0, le=10, description="Extra tries on 429, 5xx and timeouts.")
+    timeout_seconds: float = Field(default=20.0, gt=0)
+    browser: bool = Field(
+        default=False, description="Render JavaScript with a Chromium you already have."
+    )
+    cdp_url: str | None = Field(default=None, description="Browser mode: attach to this CDP endpoint.")
+    chromium_path: Path | None = Field(default=None, description="Browser mode: launch this binary.")
 
     @model_validator(mode="after")
-    def _start_is_url_unless_served(self) -> WebSource:
+    def _check(self) -> WebSource:
         if self.serve_dir is None and not self.start.startswith(("http://", "https://")):
             raise ValueError("start must be an http(s) URL unless serve_dir is set")
+        if (self.cdp_url or self.chromium_path) and not self.browser:
+            raise ValueError("cdp_url and chromium_path need browser: true")
         return self
 
 
@@ -52,6 +67,18 @@ class SourcesConfig(_Strict):
     pdf_artifacts_path: Path | None = Field(
         default=None,
         description="Local docling layout-model artifacts; without them PDFs use the native pipeline.",
+    )
+    max_file_mb: float = Field(default=50.0, gt=0, description="Larger files and downloads are skipped.")
+    min_chars: int = Field(default=200, ge=0, description="Shorter documents are dropped.")
+    language: str | None = Field(default=None, description="Keep only documents in this language (ISO 639-1).")
+    boilerplate_share: float = Field(
+        default=0.5, gt=0, le=1,
+        description="Text blocks on more than this share of a site's pages are page chrome.",
+    )
+    near_duplicate_threshold: float = Field(default=0.9, gt=0, le=1, description="MinHash Jaccard.")
+    state_dir: Path = Field(
+        default=Path(".qaforge/ingest"),
+        description="Earlier conversions, reused for unchanged content on the next run.",
     )
 
     @model_validator(mode="after")
@@ -78,6 +105,9 @@ class PromptConfig(_Strict):
 
 class ChunkingConfig(_Strict):
     max_tokens: int = Field(default=192, ge=32, le=4096)
+    cache_dir: Path = Field(
+        default=Path(".qaforge/chunks"), description="Chunks of unchanged documents are reused."
+    )
 
 
 class SplitConfig(_Strict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -21,20 +22,69 @@ class Document(BaseModel):
     source: str = Field(description="URL, or path of a file or of a served-folder page.")
     title: str
     markdown: str
-    content_hash: str
-    fetched_at: datetime
+    content_hash: str = Field(description="SHA-256 of the cleaned text.")
+    fetched_at: datetime = Field(description="When this content was fetched (kept while unchanged).")
     converter: str = Field(description="What produced the text, e.g. 'crawl4ai+docling-html'.")
+    status: int | None = Field(default=None, description="HTTP status for web pages.")
     docling_json: str = Field(repr=False, description="Serialized DoclingDocument, for chunking.")
+
+
+FailureKind = Literal[
+    "unreachable", "timeout", "http_error", "robots", "blocked", "content_type",
+    "too_large", "conversion", "encrypted", "empty", "too_short", "language",
+]
 
 
 class IngestFailure(BaseModel):
     source: str
+    kind: FailureKind
     reason: str
+    status: int | None = None
+
+
+class Duplicate(BaseModel):
+    source: str
+    duplicate_of: str
+    kind: Literal["exact", "near"]
+    similarity: float
+
+
+class SourceChanges(BaseModel):
+    """What differs from the previous ingest of the same sources."""
+
+    added: list[str] = Field(default_factory=list)
+    changed: list[str] = Field(default_factory=list)
+    removed: list[str] = Field(default_factory=list)
+    unchanged: list[str] = Field(default_factory=list)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.model_dump().items()}
 
 
 class Corpus(BaseModel):
+    """Only the documents: unchanged sources give an identical artifact, so ZenML
+    serves every downstream step from its cache."""
+
     documents: list[Document]
+
+
+class IngestReport(BaseModel):
+    checked_at: datetime
+    documents: int
     failures: list[IngestFailure] = Field(default_factory=list)
+    duplicates: list[Duplicate] = Field(default_factory=list)
+    changes: SourceChanges = Field(default_factory=SourceChanges)
+    notes: list[str] = Field(default_factory=list, description="e.g. the PDF pipeline fallback.")
+
+    def failure_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for failure in self.failures:
+            counts[failure.kind] = counts.get(failure.kind, 0) + 1
+        return counts
 
 
 class Chunk(BaseModel):

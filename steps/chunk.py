@@ -1,7 +1,12 @@
 """Chunk: split Documents with docling's HybridChunker, counting tokens with the
-base model's own tokenizer."""
+base model's own tokenizer. Chunks of a document already chunked with the same
+settings are read back instead of recomputed."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
 
 from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
 from docling_core.transforms.chunker.tokenizer.huggingface import HuggingFaceTokenizer
@@ -10,35 +15,53 @@ from transformers import PreTrainedTokenizerBase
 from zenml import step
 
 from qaforge.config import ChunkingConfig, ModelConfig
+from qaforge.fsutil import write_atomic
 from qaforge.modeling import load_tokenizer, resolve_base_model
-from qaforge.records import Chunk, ChunkSet, Corpus
+from qaforge.records import Chunk, ChunkSet, Corpus, Document
 
 
-def chunk_corpus(corpus: Corpus, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> ChunkSet:
-    chunker = HybridChunker(
-        tokenizer=HuggingFaceTokenizer(tokenizer=tokenizer, max_tokens=max_tokens)
-    )
+def chunk_document(doc: Document, chunker: HybridChunker) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    for i, piece in enumerate(chunker.chunk(DoclingDocument.model_validate_json(doc.docling_json))):
+        if not (text := piece.text.strip()):
+            continue
+        chunks.append(
+            Chunk(
+                chunk_id=f"{doc.doc_id}-{i:04d}",
+                doc_id=doc.doc_id,
+                source=doc.source,
+                title=doc.title,
+                headings=list(piece.meta.headings or []),
+                text=text,
+                token_count=chunker.tokenizer.count_tokens(chunker.contextualize(piece)),
+            )
+        )
+    return chunks
+
+
+def chunk_corpus(
+    corpus: Corpus,
+    tokenizer: PreTrainedTokenizerBase,
+    max_tokens: int,
+    cache_dir: Path | None = None,
+) -> ChunkSet:
+    chunker = HybridChunker(tokenizer=HuggingFaceTokenizer(tokenizer=tokenizer, max_tokens=max_tokens))
+    settings = f"{tokenizer.name_or_path}|{max_tokens}"
     chunks: list[Chunk] = []
     for doc in corpus.documents:
-        docling_doc = DoclingDocument.model_validate_json(doc.docling_json)
-        for i, piece in enumerate(chunker.chunk(docling_doc)):
-            text = piece.text.strip()
-            if not text:
-                continue
-            chunks.append(
-                Chunk(
-                    chunk_id=f"{doc.doc_id}-{i:04d}",
-                    doc_id=doc.doc_id,
-                    source=doc.source,
-                    title=doc.title,
-                    headings=list(piece.meta.headings or []),
-                    text=text,
-                    token_count=chunker.tokenizer.count_tokens(chunker.contextualize(piece)),
-                )
-            )
+        key = hashlib.sha256(f"{doc.doc_id}|{doc.content_hash}|{settings}".encode()).hexdigest()[:24]
+        cached = cache_dir / f"{key}.json" if cache_dir else None
+        if cached and cached.exists():
+            chunks += [Chunk.model_validate(c) for c in json.loads(cached.read_text())]
+            continue
+        pieces = chunk_document(doc, chunker)
+        if cached:
+            write_atomic(cached, json.dumps([c.model_dump() for c in pieces]))
+        chunks += pieces
     return ChunkSet(chunks=chunks)
 
 
 @step
 def chunk_step(corpus: Corpus, chunking: ChunkingConfig, model: ModelConfig) -> ChunkSet:
-    return chunk_corpus(corpus, load_tokenizer(resolve_base_model(model)), chunking.max_tokens)
+    tokenizer = load_tokenizer(resolve_base_model(model))
+    return chunk_corpus(corpus, tokenizer, chunking.max_tokens, chunking.cache_dir)

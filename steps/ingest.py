@@ -1,231 +1,253 @@
-"""Ingest: crawl web sources (crawl4ai) and convert them and local files (docling)
-into deduplicated Documents with provenance."""
+"""Ingest: crawl web sources (crawl4ai) and convert pages and files (docling) into
+cleaned, deduplicated Documents with provenance, reusing the previous run's
+conversion of every unchanged input. Nothing that fails stops the run: each
+failure is recorded, worded, in the ingest report."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import hashlib
 import logging
-import os
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Annotated
 
-from bs4 import BeautifulSoup
-from docling.datamodel.base_models import InputFormat
-from docling.datamodel.pipeline_options import NativePdfPipelineOptions, PdfPipelineOptions
-from docling.document_converter import DocumentConverter, PdfFormatOption
-from docling.pipeline.native_pdf_pipeline import NativePdfPipeline
+import mlflow
 from docling_core.types.doc import DoclingDocument
 from tqdm import tqdm
 from zenml import step
 
-from qaforge.config import SourcesConfig, WebSource
-from qaforge.records import Corpus, Document, IngestFailure, content_hash
+from qaforge.config import SourcesConfig
+from qaforge.records import (
+    Corpus,
+    Document,
+    IngestFailure,
+    IngestReport,
+    SourceChanges,
+    content_hash,
+)
+from qaforge.sources.cleaning import (
+    detect_language,
+    normalize_text,
+    remove_blocks,
+    repeated_blocks,
+    strip_chrome,
+)
+from qaforge.sources.dedup import deduplicate
+from qaforge.sources.files import (
+    CONTENT_TYPE_SUFFIXES,
+    NATIVE_PDF_NOTE,
+    ConversionError,
+    convert_html,
+    convert_path,
+    iter_files,
+    standard_pdf_available,
+)
+from qaforge.sources.state import IngestState
+from qaforge.sources.web import FetchedPage, crawl_site
 
 log = logging.getLogger(__name__)
 
-# Page chrome that repeats on every page of a site and carries no domain facts.
-BOILERPLATE_TAGS = ("nav", "header", "footer", "aside", "script", "style", "noscript", "form")
-FILE_SUFFIXES = {".pdf", ".docx", ".pptx", ".html", ".htm", ".md", ".markdown"}
 
-
-@dataclass
-class CrawledPage:
-    source: str
-    title: str
-    html: str
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def serve_directory(directory: Path) -> Iterator[str]:
-    """Serve `directory` on a free 127.0.0.1 port; yield its base URL."""
-    if not directory.is_dir():
-        raise FileNotFoundError(f"sources.web.serve_dir: no such folder: {directory}")
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-async def _crawl(start_url: str, source: WebSource) -> list:
-    # crawl4ai pulls in litellm and playwright: import it only when crawling.
-    from crawl4ai import AsyncWebCrawler, CacheMode, CrawlerRunConfig, HTTPCrawlerConfig
-    from crawl4ai.async_crawler_strategy import AsyncHTTPCrawlerStrategy
-    from crawl4ai.deep_crawling import BFSDeepCrawlStrategy
-
-    run_config = CrawlerRunConfig(
-        deep_crawl_strategy=BFSDeepCrawlStrategy(
-            max_depth=source.max_depth, include_external=False, max_pages=source.max_pages
-        ),
-        cache_mode=CacheMode.BYPASS,
-        check_robots_txt=source.respect_robots_txt,
-        verbose=False,
+def _title(doc: DoclingDocument, fallback: str) -> str:
+    return next(
+        (t.text for t in doc.texts if t.label in ("title", "section_header") and t.text.strip()),
+        fallback,
     )
-    strategy = AsyncHTTPCrawlerStrategy(browser_config=HTTPCrawlerConfig())
-    async with AsyncWebCrawler(crawler_strategy=strategy) as crawler:
-        return await crawler.arun(start_url, config=run_config)
 
 
-def crawl_site(source: WebSource) -> tuple[list[CrawledPage], list[IngestFailure]]:
-    """Breadth-first crawl of one web source with crawl4ai's no-browser HTTP strategy."""
-    os.environ.setdefault("CRAWL4AI_NO_CLOUD_NOTICE", "1")
-    with contextlib.ExitStack() as stack:
-        if source.serve_dir is not None:
-            base = stack.enter_context(serve_directory(source.serve_dir))
-            start_url = base + source.start.lstrip("/")
-        else:
-            base, start_url = "", source.start
-        results = asyncio.run(_crawl(start_url, source))
+class _Collector:
+    """Builds Documents, reusing the previous run's for unchanged inputs."""
 
-    pages: list[CrawledPage] = []
-    failures: list[IngestFailure] = []
-    seen: set[str] = set()
-    for result in tqdm(results, desc=f"crawl {source.start}", unit="page"):
-        # Served pages get a stable source name: the port changes every run.
-        name = (
-            f"{source.serve_dir}/{urlparse(result.url).path.lstrip('/')}" if base else result.url
-        )
-        if name in seen:  # deep crawls return the start URL twice
-            continue
-        seen.add(name)
-        if not result.success or not result.html:
-            status = getattr(result, "status_code", None)
-            failures.append(
-                IngestFailure(source=name, reason=f"HTTP {status}: {result.error_message or 'empty page'}")
+    def __init__(self, sources: SourcesConfig, state: IngestState) -> None:
+        self.sources = sources
+        self.state = state
+        self.pdf_mode = "standard" if standard_pdf_available(sources.pdf_artifacts_path) else "native"
+        self.documents: dict[str, tuple[str, Document]] = {}
+        self.failures: list[IngestFailure] = []
+
+    def add(
+        self,
+        source: str,
+        input_hash: str,
+        convert: Callable[[], DoclingDocument],
+        converter_name: str,
+        title: str = "",
+        status: int | None = None,
+    ) -> None:
+        key = hashlib.sha256(f"{input_hash}|{self.pdf_mode}".encode()).hexdigest()
+        if (doc := self.state.reusable(source, key)) is None:
+            try:
+                converted = convert()
+            except ConversionError as exc:
+                self.failures.append(IngestFailure(source=source, kind=exc.kind, reason=str(exc), status=status))
+                return
+            markdown = normalize_text(converted.export_to_markdown()).strip()
+            doc = Document(
+                doc_id=hashlib.sha256(source.encode()).hexdigest()[:16],
+                source=source,
+                title=title or _title(converted, Path(source).stem),
+                markdown=markdown,
+                content_hash=content_hash(markdown),
+                fetched_at=datetime.now(timezone.utc),
+                converter=converter_name,
+                status=status,
+                docling_json=converted.model_dump_json(),
             )
-            continue
-        title = (result.metadata or {}).get("title") or name
-        pages.append(CrawledPage(source=name, title=title, html=result.html))
-    return pages, failures
-
-
-def strip_boilerplate(html: str) -> str:
-    soup = BeautifulSoup(html, "html.parser")
-    for tag in soup.find_all(BOILERPLATE_TAGS):
-        tag.decompose()
-    return str(soup)
-
-
-@functools.cache
-def _converter(pdf_artifacts_path: Path | None) -> DocumentConverter:
-    if pdf_artifacts_path is not None and pdf_artifacts_path.is_dir():
-        pdf = PdfFormatOption(pipeline_options=PdfPipelineOptions(artifacts_path=pdf_artifacts_path))
-    else:
-        log.warning(
-            "No docling layout-model artifacts (sources.pdf_artifacts_path): PDFs use the "
-            "native pipeline, which keeps text but not headings or tables."
-        )
-        pdf = PdfFormatOption(pipeline_cls=NativePdfPipeline, pipeline_options=NativePdfPipelineOptions())
-    return DocumentConverter(format_options={InputFormat.PDF: pdf})
-
-
-def _document(source: str, title: str, converted: DoclingDocument, converter: str) -> Document:
-    markdown = converted.export_to_markdown()
-    return Document(
-        doc_id=hashlib.sha256(source.encode()).hexdigest()[:16],
-        source=source,
-        title=title,
-        markdown=markdown,
-        content_hash=content_hash(markdown),
-        fetched_at=datetime.now(timezone.utc),
-        converter=converter,
-        docling_json=converted.model_dump_json(),
-    )
-
-
-def convert_page(page: CrawledPage, pdf_artifacts_path: Path | None = None) -> Document:
-    result = _converter(pdf_artifacts_path).convert_string(
-        strip_boilerplate(page.html), InputFormat.HTML, name=Path(page.source).name or "page.html"
-    )
-    return _document(page.source, page.title, result.document, "crawl4ai+docling-html")
-
-
-def convert_file(path: Path, pdf_artifacts_path: Path | None = None) -> Document:
-    result = _converter(pdf_artifacts_path).convert(path, raises_on_error=True)
-    doc = result.document
-    title = next((t.text for t in doc.texts if t.label in ("title", "section_header")), path.stem)
-    return _document(str(path), title, doc, f"docling-{path.suffix.lstrip('.').lower()}")
-
-
-def iter_files(paths: list[Path]) -> Iterator[Path]:
-    for path in paths:
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in FILE_SUFFIXES)
-        elif path.exists():
-            yield path
+        if (reason := self._rejection(doc)) is not None:
+            self.failures.append(reason)
         else:
-            raise FileNotFoundError(f"sources.files: no such file or folder: {path}")
+            self.documents[source] = (key, doc)
+
+    def _rejection(self, doc: Document) -> IngestFailure | None:
+        text = doc.markdown
+        if not text:
+            return IngestFailure(source=doc.source, kind="empty", reason="no text after conversion")
+        if len(text) < self.sources.min_chars:
+            return IngestFailure(
+                source=doc.source, kind="too_short",
+                reason=f"{len(text)} characters, under sources.min_chars={self.sources.min_chars}",
+            )
+        if self.sources.language and (found := detect_language(text)) != self.sources.language:
+            return IngestFailure(
+                source=doc.source, kind="language",
+                reason=f"language {found}, not sources.language={self.sources.language}",
+            )
+        return None
 
 
-def sources_fingerprint(sources: SourcesConfig) -> str:
-    """Hash of the local source files' names, sizes and mtimes.
-
-    Passed to the ingest step so ZenML's cache misses when a local file changes.
-    """
-    roots = list(sources.files) + [w.serve_dir for w in sources.web if w.serve_dir]
+def file_hash(path: Path) -> str:
     digest = hashlib.sha256()
-    for root in roots:
-        files = sorted(root.rglob("*")) if root.is_dir() else [root]
-        for f in files:
-            if f.is_file():
-                stat = f.stat()
-                digest.update(f"{f}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def ingest(sources: SourcesConfig) -> Corpus:
-    """Crawl and convert every source; keep the first of exact duplicates."""
-    documents: list[Document] = []
-    failures: list[IngestFailure] = []
-    for web in sources.web:
-        pages, crawl_failures = crawl_site(web)
-        failures.extend(crawl_failures)
-        for page in tqdm(pages, desc="convert pages", unit="page"):
-            documents.append(convert_page(page, sources.pdf_artifacts_path))
-    for path in tqdm(list(iter_files(sources.files)), desc="convert files", unit="file"):
-        try:
-            documents.append(convert_file(path, sources.pdf_artifacts_path))
-        except Exception as exc:  # a bad file is recorded, never fatal to the run
-            failures.append(IngestFailure(source=str(path), reason=f"{type(exc).__name__}: {exc}"))
-
-    unique: dict[str, Document] = {}
-    for doc in documents:
-        if doc.content_hash in unique:
-            failures.append(
-                IngestFailure(source=doc.source, reason=f"duplicate of {unique[doc.content_hash].source}")
+def _add_download(collector: _Collector, page: FetchedPage, max_bytes: int) -> None:
+    """A crawled non-HTML body: docling converts the formats it knows."""
+    suffix = page.file.suffix.lower() or CONTENT_TYPE_SUFFIXES.get(page.content_type, "")
+    if suffix not in CONTENT_TYPE_SUFFIXES.values():
+        collector.failures.append(
+            IngestFailure(
+                source=page.source, kind="content_type", status=page.status,
+                reason=f"content type {page.content_type or 'unknown'} is not a document docling reads",
             )
-        elif doc.markdown.strip():
-            unique[doc.content_hash] = doc
-        else:
-            failures.append(IngestFailure(source=doc.source, reason="no text after conversion"))
-    for failure in failures:
-        log.warning("ingest: %s: %s", failure.source, failure.reason)
-    if not unique:
-        raise RuntimeError(
-            "nothing could be ingested:\n" + "\n".join(f"  {f.source}: {f.reason}" for f in failures)
         )
-    log.info("ingested %d documents (%d failures)", len(unique), len(failures))
-    return Corpus(documents=list(unique.values()), failures=failures)
+        return
+    path = page.file if page.file.suffix else page.file.rename(page.file.with_suffix(suffix))
+    collector.add(
+        page.source, file_hash(path),
+        lambda: convert_path(path, max_bytes, collector.sources.pdf_artifacts_path),
+        f"crawl4ai+docling-{suffix.lstrip('.')}", status=page.status,
+    )
 
 
-@step
-def ingest_step(sources: SourcesConfig, fingerprint: str) -> Corpus:
-    """`fingerprint` (see `sources_fingerprint`) is only a cache key."""
-    return ingest(sources)
+def _add_site(collector: _Collector, pages: list[FetchedPage], max_bytes: int) -> None:
+    html_pages = [p for p in pages if p.html is not None]
+    cleaned = {p.source: strip_chrome(p.html) for p in html_pages}
+    repeated = repeated_blocks(list(cleaned.values()), collector.sources.boilerplate_share)
+    for page in tqdm(pages, desc="convert pages", unit="page"):
+        if page.file is not None:
+            _add_download(collector, page, max_bytes)
+            continue
+        html = normalize_text(remove_blocks(cleaned[page.source], repeated))
+        collector.add(
+            page.source, content_hash(html),
+            lambda html=html, page=page: convert_html(
+                html, Path(page.source).name or "page.html", collector.sources.pdf_artifacts_path
+            ),
+            "crawl4ai+docling-html", title=page.title, status=page.status,
+        )
+
+
+def ingest(sources: SourcesConfig) -> tuple[Corpus, IngestReport]:
+    state = IngestState.for_sources(sources)
+    collector = _Collector(sources, state)
+    max_bytes = int(sources.max_file_mb * 2**20)
+    downloads = Path(tempfile.mkdtemp(prefix="qaforge-downloads-"))
+    try:
+        for web in sources.web:
+            outcome = crawl_site(web, downloads)
+            collector.failures.extend(outcome.failures)
+            _add_site(collector, outcome.pages, max_bytes)
+    finally:
+        shutil.rmtree(downloads, ignore_errors=True)
+    for path in tqdm(list(iter_files(sources.files)), desc="convert files", unit="file"):
+        collector.add(
+            str(path), file_hash(path),
+            lambda path=path: convert_path(path, max_bytes, sources.pdf_artifacts_path),
+            f"docling-{path.suffix.lstrip('.').lower()}",
+        )
+
+    # A source that failed this time keeps its earlier document: nothing done is lost.
+    for failure in collector.failures:
+        if failure.source not in collector.documents and (old := state.previous(failure.source)):
+            collector.documents[failure.source] = (state.index[failure.source]["key"], old)
+    documents = [doc for _, doc in collector.documents.values()]
+    kept, duplicates = deduplicate(documents, sources.near_duplicate_threshold)
+
+    changes = SourceChanges()
+    for source, (_, doc) in collector.documents.items():
+        before = state.index.get(source)
+        bucket = changes.added if before is None else (
+            changes.unchanged if before["content_hash"] == doc.content_hash else changes.changed
+        )
+        bucket.append(source)
+    changes.removed = sorted(set(state.index) - set(collector.documents))
+    report = IngestReport(
+        checked_at=datetime.now(timezone.utc),
+        documents=len(kept),
+        failures=collector.failures,
+        duplicates=duplicates,
+        changes=changes,
+        notes=[NATIVE_PDF_NOTE] if collector.pdf_mode == "native" else [],
+    )
+    for failure in report.failures:
+        log.warning("ingest: %s: %s: %s", failure.source, failure.kind, failure.reason)
+    if not kept:
+        raise RuntimeError(
+            "nothing could be ingested:\n"
+            + "\n".join(f"  {f.source}: {f.kind}: {f.reason}" for f in report.failures)
+        )
+    state.save(collector.documents)
+    log.info(
+        "ingested %d documents; %s; failures %s; %d duplicates",
+        len(kept), changes.counts(), report.failure_counts(), len(duplicates),
+    )
+    return Corpus(documents=kept), report
+
+
+def log_ingest_report(report: IngestReport) -> None:
+    mlflow.log_dict(report.model_dump(mode="json"), "ingest/report.json")
+    mlflow.log_metrics(
+        {
+            "ingest/documents": report.documents,
+            "ingest/duplicates": len(report.duplicates),
+            **{f"ingest/changes/{k}": v for k, v in report.changes.counts().items()},
+            **{f"ingest/failures/{k}": v for k, v in report.failure_counts().items()},
+        }
+    )
+    if report.failures:
+        mlflow.log_table(
+            data={
+                "source": [f.source for f in report.failures],
+                "kind": [f.kind for f in report.failures],
+                "reason": [f.reason for f in report.failures],
+                "status": [f.status for f in report.failures],
+            },
+            artifact_file="ingest/failures.json",
+        )
+
+
+# Never cached: it re-fetches every run, and hands downstream steps an identical
+# Corpus when nothing changed, so they come from ZenML's cache all the same.
+@step(enable_cache=False, experiment_tracker=True)
+def ingest_step(
+    sources: SourcesConfig,
+) -> tuple[Annotated[Corpus, "corpus"], Annotated[IngestReport, "ingest_report"]]:
+    corpus, report = ingest(sources)
+    log_ingest_report(report)
+    return corpus, report

@@ -41,17 +41,17 @@ def tokenizer(base_model_dir: str):  # noqa: ANN201
 
 
 @pytest.fixture(scope="session")
-def sample_sources() -> SourcesConfig:
-    return SourcesConfig(
-        web=[{"start": "index.html", "serve_dir": SAMPLE / "site"}], files=[SAMPLE / "docs"]
-    )
-
-
-@pytest.fixture(scope="session")
-def sample_corpus(sample_sources: SourcesConfig):  # noqa: ANN201
+def sample_corpus(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     from steps.ingest import ingest
 
-    return ingest(sample_sources)
+    sources = SourcesConfig(
+        web=[{"start": "index.html", "serve_dir": SAMPLE / "site"}],
+        files=[SAMPLE / "docs"],
+        state_dir=tmp_path_factory.mktemp("ingest-state"),
+    )
+    corpus, report = ingest(sources)
+    assert not report.failures, report.failures
+    return corpus
 
 
 @pytest.fixture(scope="session")

@@ -1,74 +1,195 @@
+"""Ingestion against a real HTTP server on 127.0.0.1 and real files."""
+
+from __future__ import annotations
+
+import io
 from pathlib import Path
 
 import httpx
 import pytest
+from reportlab.lib.styles import getSampleStyleSheet
+from reportlab.platypus import Paragraph, SimpleDocTemplate
 
 from qaforge.config import SourcesConfig
-from steps.ingest import convert_file, ingest, serve_directory, sources_fingerprint
+from qaforge.sources.web import serve_directory
+from steps.chunk import chunk_corpus
+from steps.ingest import ingest
 
 from conftest import SAMPLE
+from fixture_site import FixtureSite
 
-SITE_PAGES = {p.name for p in (SAMPLE / "site").glob("*.html")}
+INSTALL_TEXT = [
+    "Mount the wall charger between 0.6 m and 1.2 m above the floor of the garage.",
+    "A 48 A charger needs a 60 A breaker and 6 AWG copper conductors in most installations.",
+]
+
+
+def make_pdf(encrypt: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    styles = getSampleStyleSheet()
+    SimpleDocTemplate(buffer, encrypt=encrypt, invariant=1).build(
+        [Paragraph("Installation notes", styles["Heading1"])]
+        + [Paragraph(t, styles["Normal"]) for t in INSTALL_TEXT]
+    )
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def site() -> FixtureSite:
+    return FixtureSite(pdf=make_pdf())
+
+
+def web_sources(base: str, tmp_path: Path, **web: object) -> SourcesConfig:
+    return SourcesConfig(
+        web=[{"start": f"{base}/", "timeout_seconds": 1, "retries": 2, **web}],
+        min_chars=120,
+        near_duplicate_threshold=0.8,
+        state_dir=tmp_path / "state",
+    )
+
+
+def test_crawl_records_every_failure_and_keeps_the_rest(site: FixtureSite, tmp_path: Path) -> None:
+    with site.serve() as base:
+        corpus, report = ingest(web_sources(base, tmp_path))
+    docs = {d.source.removeprefix(base): d for d in corpus.documents}
+    assert set(docs) == {"/", "/a", "/b", "/changing", "/flaky", "/manual.pdf"}
+    failures = {f.source.removeprefix(base): f for f in report.failures}
+    assert {k: f.kind for k, f in failures.items()} == {
+        "/missing": "http_error",
+        "/error": "http_error",
+        "/slow": "timeout",
+        "/file.bin": "content_type",
+        "/private/secret": "robots",
+        "/tiny": failures["/tiny"].kind,
+    }
+    assert failures["/tiny"].kind in ("too_short", "empty")
+    assert failures["/missing"].status == 404 and failures["/missing"].reason == "HTTP 404"
+    assert failures["/error"].reason == "HTTP 500 (after 3 tries)"
+    assert site.requests.count("/error") == 3, "5xx is retried"
+    assert site.flaky_hits == 2, "429 is retried and then succeeds"
+    assert "/private/secret" not in site.requests
+    assert not any("example.com" in s for s in [*docs, *failures]), "external links stay out"
+    assert report.failure_counts() == {
+        "http_error": 2, "timeout": 1, "content_type": 1, "robots": 1, failures["/tiny"].kind: 1,
+    }
+    # near-duplicate of /a, kept first
+    assert [(d.source.removeprefix(base), d.duplicate_of.removeprefix(base), d.kind) for d in report.duplicates] == [
+        ("/near-dup", "/a", "near")
+    ]
+    a = docs["/a"]
+    assert a.title == "Home charging circuits" and a.status == 200 and a.converter == "crawl4ai+docling-html"
+    assert "19.2 kW" in a.markdown
+    for chrome in ("cookies", "newsletter", "Fixture site", "Home\n"):
+        assert chrome not in a.markdown, chrome
+    pdf = docs["/manual.pdf"]
+    assert pdf.converter == "crawl4ai+docling-pdf" and "60 A breaker" in pdf.markdown
+    # changes count sources, so the near-duplicate page is among them
+    assert report.changes.counts() == {"added": 7, "changed": 0, "removed": 0, "unchanged": 0}
+
+
+def test_rerun_reuses_unchanged_and_reports_changes(site: FixtureSite, tmp_path: Path, tokenizer) -> None:  # noqa: ANN001
+    with site.serve() as base:
+        sources = web_sources(base, tmp_path, max_depth=1)
+        first, _ = ingest(sources)
+        chunks_dir = tmp_path / "chunks"
+        chunk_corpus(first, tokenizer, 128, chunks_dir)
+        cached_files = {p.name: p.stat().st_mtime_ns for p in chunks_dir.iterdir()}
+
+        second, report = ingest(sources)
+        assert second == first, "nothing changed: an identical corpus (so ZenML's cache hits)"
+        assert report.changes.counts()["unchanged"] == len(first.documents) + len(report.duplicates)
+        assert not report.changes.any
+        chunk_corpus(second, tokenizer, 128, chunks_dir)
+        assert {p.name: p.stat().st_mtime_ns for p in chunks_dir.iterdir()} == cached_files
+
+        site.changing_text = "The changing page now says the tariff is 25 cents per kilowatt-hour at peak."
+        del site.routes["/b"]
+        third, report = ingest(sources)
+    base_changes = {k: [s.removeprefix(base) for s in v] for k, v in report.changes.model_dump().items()}
+    assert base_changes["changed"] == ["/changing"]
+    assert base_changes["removed"] == []  # /b failed (404) this time: its earlier text is kept
+    assert any(d.source.endswith("/b") for d in third.documents)
+    assert report.changes.any
+
+
+def test_sitemap_include_and_exclude(site: FixtureSite, tmp_path: Path) -> None:
+    with site.serve() as base:
+        corpus, report = ingest(
+            web_sources(base, tmp_path, max_depth=0, sitemap=True, exclude=["*/a"])
+        )
+    assert {d.source.removeprefix(base) for d in corpus.documents} == {"/", "/orphan"}
+    assert "/a" not in site.requests
+
+
+def test_files_of_every_kind(tmp_path: Path) -> None:
+    import docx
+    import pptx
+
+    folder = tmp_path / "docs"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "install.pdf").write_bytes(make_pdf())
+    (folder / "locked.pdf").write_bytes(make_pdf(encrypt="secret"))
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.7\nthis is not really a pdf")
+    document = docx.Document()
+    document.add_heading("Depot planning", 1)
+    document.add_paragraph("Dwell time is the time a vehicle stays parked at the depot and can charge there overnight.")
+    document.save(folder / "nested" / "depot.docx")
+    deck = pptx.Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[1])
+    slide.shapes.title.text = "Connector types"
+    slide.placeholders[1].text = "CCS2 combines the Type 2 AC connector with two DC pins for fast charging in Europe."
+    deck.save(folder / "connectors.pptx")
+    (folder / "notes.txt").write_text("Charging notes\n\nPreconditioning warms the battery before a fast charge in cold weather.")
+    (folder / "big.md").write_text("# Big\n\n" + "Charging text. " * 5000)
+    (folder / "empty.md").write_text("")
+
+    corpus, report = ingest(
+        SourcesConfig(files=[folder], min_chars=50, max_file_mb=0.06, state_dir=tmp_path / "state")
+    )
+    kinds = {Path(d.source).name: d.converter for d in corpus.documents}
+    assert kinds == {
+        "install.pdf": "docling-pdf", "depot.docx": "docling-docx",
+        "connectors.pptx": "docling-pptx", "notes.txt": "docling-txt",
+    }
+    failures = {Path(f.source).name: f.kind for f in report.failures}
+    assert failures == {"locked.pdf": "encrypted", "broken.pdf": "conversion", "big.md": "too_large", "empty.md": "empty"}
+    depot = next(d for d in corpus.documents if d.source.endswith("depot.docx"))
+    assert depot.title == "Depot planning" and "Dwell time" in depot.markdown
+    assert any("native pipeline" in note for note in report.notes)
+
+
+def test_language_filter(tmp_path: Path) -> None:
+    (tmp_path / "en.md").write_text("# Charging\n\nA home charger is usually installed in the garage next to the car.")
+    (tmp_path / "de.md").write_text("# Laden\n\nEine Wallbox wird meistens in der Garage direkt neben dem Auto montiert.")
+    corpus, report = ingest(SourcesConfig(files=[tmp_path], min_chars=20, language="en", state_dir=tmp_path / "s"))
+    assert [Path(d.source).name for d in corpus.documents] == ["en.md"]
+    assert [(Path(f.source).name, f.kind) for f in report.failures] == [("de.md", "language")]
+
+
+def test_nothing_ingested_fails_with_reasons(tmp_path: Path) -> None:
+    (tmp_path / "broken.pdf").write_bytes(b"not a pdf at all")
+    with pytest.raises(RuntimeError, match=r"nothing could be ingested:\n  .*broken\.pdf: conversion"):
+        ingest(SourcesConfig(files=[tmp_path], state_dir=tmp_path / "state"))
+
+
+def test_missing_source_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="sources.files: no such file or folder"):
+        ingest(SourcesConfig(files=[tmp_path / "nope"], state_dir=tmp_path / "state"))
 
 
 def test_served_folder_is_reachable_over_http() -> None:
     with serve_directory(SAMPLE / "site") as base:
         assert base.startswith("http://127.0.0.1:")
-        response = httpx.get(base + "index.html")
-    assert response.status_code == 200
-    assert "<nav>" in response.text
+        assert httpx.get(base + "index.html").status_code == 200
 
 
 def test_sample_corpus_is_crawled_and_converted(sample_corpus) -> None:  # noqa: ANN001
-    by_source = {d.source: d for d in sample_corpus.documents}
-    crawled = {Path(s).name for s in by_source if s.startswith("data/") or "/site/" in s}
-    assert SITE_PAGES <= crawled, "every linked page is reached from index.html"
-    assert not sample_corpus.failures
+    site_pages = {p.name for p in (SAMPLE / "site").glob("*.html")}
+    assert site_pages <= {Path(d.source).name for d in sample_corpus.documents}
     converters = {d.converter for d in sample_corpus.documents}
     assert {"crawl4ai+docling-html", "docling-pdf", "docling-docx", "docling-md"} <= converters
     levels = next(d for d in sample_corpus.documents if d.source.endswith("levels.html"))
-    assert levels.title.startswith("EV Charging Levels")
-    assert "19.2 kW" in levels.markdown
+    assert levels.title.startswith("EV Charging Levels") and "19.2 kW" in levels.markdown
     assert len(levels.content_hash) == 64 and levels.fetched_at.tzinfo is not None
     for doc in sample_corpus.documents:
         assert "qaforge sample corpus" not in doc.markdown, f"footer left in {doc.source}"
-
-
-def test_pdf_and_docx_text(tmp_path: Path) -> None:
-    pdf = convert_file(SAMPLE / "docs" / "charger-installation-guide.pdf")
-    assert "AWG" in pdf.markdown and pdf.converter == "docling-pdf"
-    docx = convert_file(SAMPLE / "docs" / "fleet-depot-charging.docx")
-    assert docx.title == "Fleet Depot Charging Planning"
-    assert "## " in docx.markdown, "DOCX headings survive conversion"
-
-
-def test_bad_files_are_recorded_not_fatal(tmp_path: Path) -> None:
-    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.7\nthis is not a pdf")
-    (tmp_path / "notes.md").write_text("# Notes\n\nA CCS2 inlet accepts AC and DC charging.\n")
-    (tmp_path / "copy.md").write_text("# Notes\n\nA CCS2 inlet accepts AC and DC charging.\n")
-    corpus = ingest(SourcesConfig(files=[tmp_path]))
-    assert [d.source for d in corpus.documents] == [str(tmp_path / "copy.md")]
-    reasons = {Path(f.source).name: f.reason for f in corpus.failures}
-    assert "broken.pdf" in reasons
-    assert reasons["notes.md"] == f"duplicate of {tmp_path / 'copy.md'}"
-
-
-def test_nothing_ingested_fails_with_reasons(tmp_path: Path) -> None:
-    (tmp_path / "broken.pdf").write_bytes(b"not a pdf at all")
-    with pytest.raises(RuntimeError, match=r"nothing could be ingested:\n  .*broken\.pdf"):
-        ingest(SourcesConfig(files=[tmp_path]))
-
-
-def test_missing_source_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="sources.files: no such file or folder"):
-        ingest(SourcesConfig(files=[tmp_path / "nope"]))
-
-
-def test_fingerprint_changes_with_local_files(tmp_path: Path) -> None:
-    page = tmp_path / "a.md"
-    page.write_text("# A\n\nfirst")
-    sources = SourcesConfig(files=[tmp_path])
-    before = sources_fingerprint(sources)
-    assert sources_fingerprint(sources) == before
-    page.write_text("# A\n\nsecond version")
-    assert sources_fingerprint(sources) != before
