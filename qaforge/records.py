@@ -95,6 +95,11 @@ class Chunk(BaseModel):
     headings: list[str]
     text: str
     token_count: int
+    # Provenance of the document it came from.
+    doc_content_hash: str
+    fetched_at: datetime
+    converter: str
+    status: int | None = None
 
 
 class ChunkSet(BaseModel):

@@ -34,6 +34,10 @@ def chunk_document(doc: Document, chunker: HybridChunker) -> list[Chunk]:
                 headings=list(piece.meta.headings or []),
                 text=text,
                 token_count=chunker.tokenizer.count_tokens(chunker.contextualize(piece)),
+                doc_content_hash=doc.content_hash,
+                fetched_at=doc.fetched_at,
+                converter=doc.converter,
+                status=doc.status,
             )
         )
     return chunks
@@ -52,11 +56,11 @@ def chunk_corpus(
         key = hashlib.sha256(f"{doc.doc_id}|{doc.content_hash}|{settings}".encode()).hexdigest()[:24]
         cached = cache_dir / f"{key}.json" if cache_dir else None
         if cached and cached.exists():
-            chunks += [Chunk.model_validate(c) for c in json.loads(cached.read_text())]
+            chunks += [Chunk.model_validate_json(c) for c in json.loads(cached.read_text())]
             continue
         pieces = chunk_document(doc, chunker)
         if cached:
-            write_atomic(cached, json.dumps([c.model_dump() for c in pieces]))
+            write_atomic(cached, json.dumps([c.model_dump_json() for c in pieces]))
         chunks += pieces
     return ChunkSet(chunks=chunks)
 

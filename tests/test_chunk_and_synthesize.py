@@ -1,4 +1,5 @@
 from collections import Counter
+from datetime import datetime, timezone
 
 import pytest
 
@@ -14,12 +15,19 @@ def test_chunks_carry_provenance_and_fit_the_token_budget(sample_corpus, sample_
     assert all(c.token_count <= 192 for c in chunks)
     levels = [c for c in chunks if c.source.endswith("levels.html")]
     assert any("Level 2" in " ".join(c.headings) for c in levels)
+    docs = {d.doc_id: d for d in sample_corpus.documents}
+    for chunk in chunks:
+        doc = docs[chunk.doc_id]
+        assert (chunk.source, chunk.doc_content_hash, chunk.fetched_at, chunk.converter, chunk.status) == (
+            doc.source, doc.content_hash, doc.fetched_at, doc.converter, doc.status
+        )
 
 
 def _chunk(text: str, headings: list[str] | None = None) -> Chunk:
     return Chunk(
         chunk_id="d-0000", doc_id="d", source="s", title="Guide", headings=headings or ["Levels"],
-        text=text, token_count=0,
+        text=text, token_count=0, doc_content_hash="0" * 64, fetched_at=datetime.now(timezone.utc),
+        converter="docling-md",
     )
 
 

@@ -152,7 +152,9 @@ def _classify_failure(url: str, result: Any, errors: list[BaseException]) -> Ing
     kind: FailureKind
     if "robots.txt" in message:
         kind, reason = "robots", "disallowed by robots.txt"
-    elif any(isinstance(e, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)) for e in errors):
+    elif any(isinstance(e, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)) for e in errors) or re.search(
+        r"Timeout \d+ms exceeded", message  # browser mode (playwright)
+    ):
         kind, reason = "timeout", "no response before the timeout"
     elif status is not None and status >= 400:
         kind, reason = "http_error", f"HTTP {status}"
@@ -163,8 +165,15 @@ def _classify_failure(url: str, result: Any, errors: list[BaseException]) -> Ing
     elif errors:
         kind, reason = "unreachable", f"{type(errors[-1]).__name__}: {errors[-1]}"
     else:
-        kind, reason = "unreachable", message.splitlines()[0] if message else "no response"
+        kind, reason = "unreachable", _first_error_line(message)
     return IngestFailure(source=url, kind=kind, reason=reason, status=status)
+
+
+def _first_error_line(message: str) -> str:
+    """crawl4ai wraps errors in a dump of its own source; keep the error itself."""
+    lines = [ln.strip() for ln in message.splitlines()]
+    wanted = [ln for ln in lines if ln.startswith(("Error:", "Page.", "net::")) or "ERR_" in ln]
+    return (wanted or lines or ["no response"])[-1]
 
 
 def _retryable(failure: IngestFailure) -> bool:
@@ -233,7 +242,8 @@ async def _crawl(source: WebSource, start_url: str, downloads: Path) -> CrawlOut
                         errors: list[BaseException] = []
                         _fetch_errors.set(errors)
                         result = await crawler.arun(url, config=run_config)
-                        if result.success:
+                        # Browser mode reports an error page as a success.
+                        if result.success and (result.status_code or 200) < 400:
                             return _fetched(url, result)
                         failure = _classify_failure(url, result, errors)
                         if _retryable(failure):
