@@ -47,7 +47,7 @@ class FixtureSite:
         index_links = "".join(
             f"<a href='{p}'>{p}</a> "
             for p in ["/a", "/b", "/near-dup", "/changing", "/missing", "/error", "/slow", "/flaky",
-                      "/file.bin", "/manual.pdf", "/private/secret", "/tiny", "https://example.com/elsewhere"]
+                      "/file.bin", "/manual.pdf", "/private/secret", "/tiny", "/empty", "https://example.com/elsewhere"]
         )
         self.routes = {
             "/": lambda: (200, "text/html", page("Fixture index", paragraphs(
@@ -74,6 +74,7 @@ class FixtureSite:
             "/manual.pdf": lambda: (200, "application/pdf", self.pdf),
             "/private/secret": lambda: (200, "text/html", page("Secret", "<p>Never crawled.</p>")),
             "/tiny": lambda: (200, "text/html", page("Tiny", "<p>Short page with little text in it, under the limit.</p>")),
+            "/empty": lambda: (200, "text/html", b""),
             "/orphan": lambda: (200, "text/html", page("Orphan page", paragraphs(
                 "The orphan page is linked from nowhere and only the sitemap names it.",
                 "Sitemaps let a crawler find pages that no other page links to on the site.",

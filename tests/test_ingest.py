@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 from pathlib import Path
 
 import httpx
@@ -11,6 +12,7 @@ from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.platypus import Paragraph, SimpleDocTemplate
 
 from qaforge.config import SourcesConfig
+from qaforge.sources.cleaning import normalize_text, remove_blocks, repeated_blocks, strip_chrome
 from qaforge.sources.web import serve_directory
 from steps.chunk import chunk_corpus
 from steps.ingest import ingest
@@ -61,6 +63,7 @@ def test_crawl_records_every_failure_and_keeps_the_rest(site: FixtureSite, tmp_p
         "/file.bin": "content_type",
         "/private/secret": "robots",
         "/tiny": failures["/tiny"].kind,
+        "/empty": "empty",
     }
     assert failures["/tiny"].kind in ("too_short", "empty")
     assert failures["/missing"].status == 404 and failures["/missing"].reason == "HTTP 404"
@@ -69,9 +72,9 @@ def test_crawl_records_every_failure_and_keeps_the_rest(site: FixtureSite, tmp_p
     assert site.flaky_hits == 2, "429 is retried and then succeeds"
     assert "/private/secret" not in site.requests
     assert not any("example.com" in s for s in [*docs, *failures]), "external links stay out"
-    assert report.failure_counts() == {
-        "http_error": 2, "timeout": 1, "content_type": 1, "robots": 1, failures["/tiny"].kind: 1,
-    }
+    counts = {"http_error": 2, "timeout": 1, "content_type": 1, "robots": 1, "empty": 1}
+    counts[failures["/tiny"].kind] = counts.get(failures["/tiny"].kind, 0) + 1
+    assert report.failure_counts() == counts
     # near-duplicate of /a, kept first
     assert [(d.source.removeprefix(base), d.duplicate_of.removeprefix(base), d.kind) for d in report.duplicates] == [
         ("/near-dup", "/a", "near")
@@ -110,6 +113,18 @@ def test_rerun_reuses_unchanged_and_reports_changes(site: FixtureSite, tmp_path:
     assert base_changes["removed"] == []  # /b failed (404) this time: its earlier text is kept
     assert any(d.source.endswith("/b") for d in third.documents)
     assert report.changes.any
+
+
+def test_unreachable_host_is_recorded(site: FixtureSite, tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}/"
+    with site.serve() as base:
+        sources = web_sources(base, tmp_path, max_depth=0)
+        sources = sources.model_copy(update={"web": [*sources.web, sources.web[0].model_copy(update={"start": dead})]})
+        corpus, report = ingest(sources)
+    assert [d.source for d in corpus.documents] == [f"{base}/"]
+    assert [(f.source, f.kind) for f in report.failures] == [(dead, "unreachable")]
 
 
 def test_sitemap_include_and_exclude(site: FixtureSite, tmp_path: Path) -> None:
@@ -208,3 +223,14 @@ def test_browser_mode_over_cdp(site: FixtureSite, tmp_path: Path) -> None:
     assert failures["/slow"] == "timeout"
     assert failures["/private/secret"] == "robots"
     assert "/private/secret" not in site.requests
+
+
+def test_cleaning_helpers() -> None:
+    assert normalize_text("ﬁve\u00a0kW  ＡＣ") == "five kW AC"
+    html = "<div id='cookie-consent'>Accept</div><nav>Menu</nav><main><p>Kept text.</p></main>"
+    assert "Accept" not in strip_chrome(html) and "Menu" not in strip_chrome(html)
+    pages = [f"<p>Shared promo line.</p><p>Page {i} fact.</p>" for i in range(4)]
+    blocks = repeated_blocks(pages, share=0.5)
+    assert blocks == {"shared promo line."}
+    assert remove_blocks(pages[0], blocks) == "<p>Page 0 fact.</p>"
+    assert repeated_blocks(pages[:2], share=0.5) == set(), "too few pages to call anything chrome"

@@ -74,6 +74,8 @@ def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
     assert run.data.params["training.method"] == "qlora"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2, "per-step loss logged"
     assert "eval/answers.json" in {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert "ingest/report.json" in {a.path for a in client.list_artifacts(run.info.run_id, "ingest")}
+    assert run.data.metrics["ingest/changes/added"] == run.data.metrics["ingest/documents"] > 0
     assert run.data.tags["promotion.promoted"] == "True"
 
 
