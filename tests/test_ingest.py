@@ -214,13 +214,16 @@ def test_sample_corpus_is_crawled_and_converted(sample_corpus) -> None:  # noqa:
 def test_browser_mode_over_cdp(site: FixtureSite, tmp_path: Path) -> None:
     with site.serve() as base:
         corpus, report = ingest(
-            web_sources(base, tmp_path, browser=True, chromium_path="/usr/bin/chromium", max_depth=1, retries=0)
+            web_sources(
+                base, tmp_path, browser=True, chromium_path="/usr/bin/chromium",
+                max_depth=1, retries=0,
+            )
         )
     docs = {d.source.removeprefix(base) for d in corpus.documents}
     assert {"/", "/a", "/b", "/changing"} <= docs
     failures = {f.source.removeprefix(base): f.kind for f in report.failures}
     assert failures["/missing"] == "http_error"
-    assert failures["/slow"] == "timeout"
+    assert failures["/slow"] == "timeout", report.failures
     assert failures["/private/secret"] == "robots"
     assert "/private/secret" not in site.requests
 

@@ -224,7 +224,9 @@ async def _crawl(source: WebSource, start_url: str, downloads: Path) -> CrawlOut
     )
     pages: list[FetchedPage] = []
     failures: list[IngestFailure] = []
-    semaphore = asyncio.Semaphore(source.concurrency)
+    # Pages of one CDP browser share a context, and a page that times out can take
+    # the others down with it: browser mode fetches one page at a time.
+    semaphore = asyncio.Semaphore(1 if source.browser else source.concurrency)
     progress = tqdm(total=source.max_pages, desc=f"crawl {start_url}", unit="page")
 
     async def fetch(crawler: Any, url: str) -> FetchedPage | IngestFailure:
@@ -305,6 +307,13 @@ def _fetched(url: str, result: Any) -> FetchedPage:
     return page
 
 
+@functools.cache
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """One loop for every crawl in this process: crawl4ai's browser mode keeps
+    asyncio locks at module level, which fail on any later, different loop."""
+    return asyncio.new_event_loop()
+
+
 def crawl_site(source: WebSource, downloads: Path) -> CrawlOutcome:
     """Crawl one web source; a served folder gets stable, path-based source names."""
     with contextlib.ExitStack() as stack:
@@ -313,7 +322,7 @@ def crawl_site(source: WebSource, downloads: Path) -> CrawlOutcome:
             start_url = base + source.start.lstrip("/")
         else:
             base, start_url = "", source.start
-        outcome = asyncio.run(_crawl(source, start_url, downloads))
+        outcome = _event_loop().run_until_complete(_crawl(source, start_url, downloads))
 
     def name(url: str) -> str:
         if base and url.startswith(base):
