@@ -27,7 +27,7 @@ def domain_qa_pipeline(config: dict[str, Any]) -> None:
     cfg = validate_config(config)
     corpus, _ = ingest_step(cfg.sources)
     chunks = chunk_step(corpus, cfg.chunking, cfg.model)
-    data = synthesize_step(chunks, cfg.synthesis)
+    data = synthesize_step(chunks, cfg.synthesis, cfg.prompt)
     trained = train_step(data, cfg.model, cfg.training, cfg.prompt)
     report = evaluate_step(data, trained, cfg.prompt, cfg.evaluation)
     registered = register_step(trained, cfg.registry)

@@ -122,14 +122,76 @@ class SplitConfig(_Strict):
         return self
 
 
+class TeacherConfig(_Strict):
+    """A teacher LLM behind any OpenAI-compatible chat endpoint. The prompts are
+    config, not code: `user_prompt` may use {title}, {headings}, {chunk}, {n}, {styles}."""
+
+    base_url: str = Field(description="e.g. http://localhost:11434/v1 (Ollama) or a vLLM server.")
+    model: str
+    api_key_env: str | None = Field(default="OPENAI_API_KEY", description="Env var with the key.")
+    system_prompt: str
+    user_prompt: str
+    styles: dict[str, float] = Field(
+        default_factory=lambda: {"factual": 0.4, "how-to": 0.2, "why": 0.2, "comparison": 0.2},
+        description="Question style -> share of the questions asked for.",
+    )
+    pairs_per_chunk: int = Field(default=3, ge=1, le=20)
+    concurrency: int = Field(default=4, ge=1, le=64)
+    retries: int = Field(default=4, ge=0, le=10, description="On 429, 5xx and timeouts.")
+    repairs: int = Field(default=2, ge=0, le=5, description="Re-asks after malformed JSON.")
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    max_tokens: int = Field(default=1024, ge=16)
+    judge_prompt: str | None = Field(
+        default=None,
+        description="If set, the teacher also scores each pair; may use {chunk}, {question}, {answer}.",
+    )
+    judge_min_score: int = Field(default=4, ge=1, le=5, description="Least faithfulness and relevance kept.")
+
+    @model_validator(mode="after")
+    def _prompt_fields(self) -> TeacherConfig:
+        for name, fields in (
+            ("user_prompt", {"title": "", "headings": "", "chunk": "", "n": 1, "styles": ""}),
+            ("judge_prompt", {"chunk": "", "question": "", "answer": ""}),
+        ):
+            try:
+                (getattr(self, name) or "").format(**fields)
+            except (KeyError, IndexError) as exc:
+                raise ValueError(f"{name} uses an unknown placeholder {exc}") from None
+        if not self.styles or any(v < 0 for v in self.styles.values()) or not sum(self.styles.values()):
+            raise ValueError("styles needs at least one style with a positive share")
+        return self
+
+
 class SynthesisConfig(_Strict):
-    generator: Literal["offline"] = "offline"
+    generator: Literal["offline", "teacher"] = "offline"
+    teacher: TeacherConfig | None = None
     max_pairs_per_chunk: int = Field(default=6, ge=1)
     min_grounding: float = Field(
         default=0.8, ge=0, le=1, description="Share of answer tokens found in the chunk."
     )
+    max_question_similarity: float = Field(
+        default=0.85, gt=0, le=1, description="Jaccard of content words above which a question repeats one."
+    )
+    min_answer_words: int = Field(default=4, ge=1)
+    max_answer_words: int = Field(default=80, ge=1)
     split: SplitConfig = SplitConfig()
+    unanswerable: list[str] = Field(
+        default_factory=list,
+        description="Questions the sources do not answer; spread over the splits with `unanswerable_answer`.",
+    )
+    unanswerable_answer: str = "I don't know: the documents I was trained on do not cover that."
+    cache_dir: Path = Field(
+        default=Path(".qaforge/synthesis"),
+        description="Teacher answers by (chunk, prompt, generator settings): reruns ask only for what is new.",
+    )
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _teacher_configured(self) -> SynthesisConfig:
+        if self.generator == "teacher" and self.teacher is None:
+            raise ValueError("generator 'teacher' needs a teacher section")
+        return self
 
 
 class TrainingConfig(_Strict):

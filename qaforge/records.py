@@ -121,6 +121,10 @@ class QADataset(BaseModel):
     val: list[QAPair]
     test: list[QAPair]
     dropped: dict[str, int] = Field(default_factory=dict, description="Filter name -> pairs dropped.")
+    generator: str = "offline"
+    generator_stats: dict[str, int] = Field(
+        default_factory=dict, description="Teacher requests, tokens, repairs, cache hits."
+    )
 
 
 class TrainedModel(BaseModel):

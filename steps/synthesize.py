@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import random
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
+import mlflow
+from datasketch import MinHash, MinHashLSH
 from zenml import step
 
-from qaforge.config import SynthesisConfig
+from qaforge.config import PromptConfig, SynthesisConfig
+from qaforge.exports import dataset_card, write_exports
 from qaforge.records import Chunk, ChunkSet, QADataset, QAPair
+from qaforge.teacher import teacher_pairs
 
 STOPWORDS = frozenset(
     "a an the of to in on for and or is are be by with at as it its this that these those from "
@@ -47,6 +53,7 @@ _DEFINITION = re.compile(
 _ADVICE = re.compile(r"^(?P<subject>[A-Z][^,;:]{2,50}?) (?P<modal>should|must) (?P<rest>.{10,})$")
 # Docling serializes a table row as "Row key, Column = value. Row key, Column = value."
 _TABLE_CELL_BREAK = re.compile(r"\. (?=[^=]{1,80}? = )")
+_STEP = re.compile(r"^\d{1,2}[.)] \S")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 
@@ -165,45 +172,89 @@ def pairs_for_chunk(chunk: Chunk, limit: int) -> list[tuple[str, str, str]]:
             if pair := rule(sentence):
                 found.append((kind, *pair))
                 break
+    steps = [ln.strip() for ln in chunk.text.splitlines() if _STEP.match(ln.strip())]
+    if len(steps) >= 2:
+        found.append(("procedure", f"What are the steps for {_lower_first(topic)}?", " ".join(steps)))
     opening = " ".join(sentences(chunk.text)[:2])
     if chunk.headings and 8 <= len(opening.split()) <= 80:
         found.append(("section", f"What does the {chunk.title} material say about {topic}?", opening))
     return found[:limit]
 
 
-def normalize_question(question: str) -> str:
-    return " ".join(_WORD.findall(question.lower()))
+class QuestionIndex:
+    """Finds questions that repeat an earlier one in other words: Jaccard similarity
+    of their content words, with MinHash LSH to find candidates at scale."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=64)
+        self.words: dict[str, set[str]] = {}
+
+    def seen(self, question: str) -> bool:
+        words = set(content_tokens(question)) or set(_WORD.findall(question.lower()))
+        signature = MinHash(num_perm=64)
+        for word in words:
+            signature.update(word.encode())
+        for key in self.lsh.query(signature):
+            other = self.words[key]
+            if len(words & other) / len(words | other) >= self.threshold:
+                return True
+        key = str(len(self.words))
+        self.words[key] = words
+        self.lsh.insert(key, signature)
+        return False
 
 
-def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair], Counter]:
-    """Offline pairs for every chunk, filtered for grounding, length and duplicates."""
+REFUSAL = re.compile(
+    r"\b(i (do not|don't) know|cannot answer|can't answer|not (mentioned|provided|stated|given) in)\b",
+    re.IGNORECASE,
+)
+
+
+def candidate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[tuple[Chunk, str, str, str]], dict[str, int]]:
+    """(chunk, kind, question, answer) from the configured generator, and its usage counts."""
+    if cfg.generator == "teacher":
+        by_chunk, usage = teacher_pairs(chunks.chunks, cfg.teacher, Path(cfg.cache_dir) / "teacher")
+        found = [(c, p.style, p.question, p.answer) for c in chunks.chunks for p in by_chunk.get(c.chunk_id, [])]
+        stats = {k: v for k, v in vars(usage).items() if isinstance(v, int)}
+        return found, {**stats, "failed_chunks": len(usage.failed_chunks)}
+    return [
+        (c, kind, q, a) for c in chunks.chunks for kind, q, a in pairs_for_chunk(c, cfg.max_pairs_per_chunk)
+    ], {}
+
+
+def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair], Counter, dict[str, int]]:
+    """Generated pairs that pass the filters; drops are counted per filter."""
+    found, stats = candidate_pairs(chunks, cfg)
     pairs: list[QAPair] = []
-    dropped: Counter = Counter()
-    seen_questions: set[str] = set()
-    for chunk in chunks.chunks:
-        for kind, question, answer in pairs_for_chunk(chunk, cfg.max_pairs_per_chunk):
-            score = grounding(answer, chunk.text)
-            key = normalize_question(question)
-            if score < cfg.min_grounding:
-                dropped["ungrounded"] += 1
-            elif not 4 <= len(answer.split()) <= 80 or len(question.split()) > 30:
-                dropped["length"] += 1
-            elif key in seen_questions:
-                dropped["duplicate_question"] += 1
-            else:
-                seen_questions.add(key)
-                pairs.append(
-                    QAPair(
-                        question=question,
-                        answer=answer,
-                        chunk_id=chunk.chunk_id,
-                        doc_id=chunk.doc_id,
-                        source=chunk.source,
-                        kind=kind,
-                        grounding=round(score, 3),
-                    )
+    dropped: Counter = Counter({"judge": stats["judge_rejected"]} if stats.get("judge_rejected") else {})
+    questions = QuestionIndex(cfg.max_question_similarity)
+    for chunk, kind, question, answer in found:
+        question, answer = question.strip(), answer.strip()
+        score = grounding(answer, chunk.text)
+        if not question or not answer:
+            dropped["empty"] += 1
+        elif REFUSAL.search(answer):
+            dropped["refusal"] += 1
+        elif score < cfg.min_grounding:
+            dropped["ungrounded"] += 1
+        elif not cfg.min_answer_words <= len(answer.split()) <= cfg.max_answer_words or len(question.split()) > 40:
+            dropped["length"] += 1
+        elif questions.seen(question):
+            dropped["duplicate_question"] += 1
+        else:
+            pairs.append(
+                QAPair(
+                    question=question,
+                    answer=answer,
+                    chunk_id=chunk.chunk_id,
+                    doc_id=chunk.doc_id,
+                    source=chunk.source,
+                    kind=kind,
+                    grounding=round(score, 3),
                 )
-    return pairs, dropped
+            )
+    return pairs, dropped, stats
 
 
 def split_by_document(pairs: list[QAPair], cfg: SynthesisConfig) -> tuple[list, list, list]:
@@ -229,18 +280,56 @@ def split_by_document(pairs: list[QAPair], cfg: SynthesisConfig) -> tuple[list, 
     return buckets["train"], buckets["val"], buckets["test"]
 
 
+def unanswerable_pairs(cfg: SynthesisConfig) -> list[QAPair]:
+    """The configured out-of-scope questions, each its own pseudo-document so the
+    split keeps them apart like any other source."""
+    return [
+        QAPair(
+            question=question,
+            answer=cfg.unanswerable_answer,
+            chunk_id="",
+            doc_id=f"unanswerable-{i:04d}",
+            source="(unanswerable)",
+            kind="unanswerable",
+            grounding=0.0,
+        )
+        for i, question in enumerate(cfg.unanswerable)
+    ]
+
+
 def synthesize(chunks: ChunkSet, cfg: SynthesisConfig) -> QADataset:
-    pairs, dropped = generate_pairs(chunks, cfg)
+    pairs, dropped, stats = generate_pairs(chunks, cfg)
     train, val, test = split_by_document(pairs, cfg)
+    if cfg.unanswerable:
+        extra = split_by_document(unanswerable_pairs(cfg), cfg)
+        train, val, test = train + extra[0], val + extra[1], test + extra[2]
     if not train or not test:
         raise RuntimeError(
             f"too little data to split by document: {len(pairs)} pairs from "
             f"{len({p.doc_id for p in pairs})} documents gave train={len(train)}, test={len(test)}; "
             "add sources or lower synthesis.min_grounding"
         )
-    return QADataset(train=train, val=val, test=test, dropped=dict(dropped))
+    return QADataset(
+        train=train, val=val, test=test, dropped=dict(dropped), generator=cfg.generator, generator_stats=stats
+    )
 
 
-@step
-def synthesize_step(chunks: ChunkSet, synthesis: SynthesisConfig) -> QADataset:
-    return synthesize(chunks, synthesis)
+def log_dataset(data: QADataset, system_prompt: str | None) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        write_exports(data, system_prompt, Path(tmp))
+        mlflow.log_artifacts(tmp, "dataset")
+    mlflow.log_text(dataset_card(data), "dataset/README.md")
+    mlflow.log_metrics(
+        {
+            **{f"data/{split}_pairs": len(getattr(data, split)) for split in ("train", "val", "test")},
+            **{f"data/dropped/{k}": v for k, v in data.dropped.items()},
+            **{f"data/generator/{k}": v for k, v in data.generator_stats.items()},
+        }
+    )
+
+
+@step(experiment_tracker=True)
+def synthesize_step(chunks: ChunkSet, synthesis: SynthesisConfig, prompt: PromptConfig) -> QADataset:
+    data = synthesize(chunks, synthesis)
+    log_dataset(data, prompt.system_prompt)
+    return data

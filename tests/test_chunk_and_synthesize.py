@@ -5,7 +5,14 @@ import pytest
 
 from qaforge.config import SynthesisConfig
 from qaforge.records import Chunk, ChunkSet
-from steps.synthesize import grounding, pairs_for_chunk, sentences, split_by_document, synthesize
+from steps.synthesize import (
+    QuestionIndex,
+    grounding,
+    pairs_for_chunk,
+    sentences,
+    split_by_document,
+    synthesize,
+)
 
 
 def test_chunks_carry_provenance_and_fit_the_token_budget(sample_corpus, sample_chunks) -> None:  # noqa: ANN001
@@ -42,6 +49,19 @@ def test_rules_make_grounded_questions() -> None:
     assert pairs["What does Level 2 charging use?"][1] == "Level 2 charging uses a 208 V or 240 V supply."
     assert pairs["What is the maximum power for Type 1?"][1] == "For Type 1, the maximum power is 19.2 kW."
     assert all(grounding(a, chunk.text) == 1.0 for _, a in pairs.values())
+
+
+def test_numbered_steps_make_a_procedure_question() -> None:
+    chunk = _chunk("1. Find the battery capacity.\n2. Multiply by the change in charge.\n3. Divide by the power.", ["Charging time"])
+    assert ("procedure", "What are the steps for charging time?",
+            "1. Find the battery capacity. 2. Multiply by the change in charge. 3. Divide by the power.") in pairs_for_chunk(chunk, 10)
+
+
+def test_reworded_questions_are_duplicates() -> None:
+    index = QuestionIndex(0.85)
+    assert not index.seen("What voltage does Level 2 charging use?")
+    assert index.seen("Which voltage does level 2 charging use")
+    assert not index.seen("What voltage does Level 1 charging use?")
 
 
 def test_pronoun_and_imperative_sentences_are_skipped() -> None:
@@ -88,3 +108,12 @@ def test_split_is_seeded(sample_dataset) -> None:  # noqa: ANN001
 def test_too_little_data_is_explained() -> None:
     with pytest.raises(RuntimeError, match="too little data to split by document"):
         synthesize(ChunkSet(chunks=[_chunk("Level 2 charging uses a 240 V supply in homes.")]), SynthesisConfig())
+
+
+def test_unanswerable_questions_are_spread_over_the_splits(sample_chunks) -> None:  # noqa: ANN001
+    questions = [f"Who won the {year} football world cup?" for year in range(1990, 2030, 2)]
+    data = synthesize(sample_chunks, SynthesisConfig(unanswerable=questions))
+    slices = {s: [p for p in getattr(data, s) if p.kind == "unanswerable"] for s in ("train", "val", "test")}
+    assert sum(map(len, slices.values())) == len(questions)
+    assert slices["test"] and slices["train"], "taught in train, measured in test"
+    assert all(p.answer == SynthesisConfig().unanswerable_answer for ps in slices.values() for p in ps)

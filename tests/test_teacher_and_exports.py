@@ -1,0 +1,207 @@
+"""The teacher generator against a real OpenAI-compatible HTTP server on 127.0.0.1
+that misbehaves like real ones do, and the dataset exports read back by `datasets`."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from datasets import load_dataset
+
+from qaforge.config import SynthesisConfig, TeacherConfig
+from qaforge.exports import dataset_card, write_exports
+from qaforge.records import Chunk, ChunkSet
+from qaforge.teacher import TeacherError, teacher_pairs
+from steps.synthesize import synthesize
+
+TOPICS = {
+    "plain": "A Level 2 charger delivers up to 19.2 kW from a 240 V supply.",
+    "RATE": "Idle fees start when a car stays plugged in after charging has ended.",
+    "MALFORMED": "OCPP is the protocol between a charging station and its back office.",
+    "SLOW": "Preconditioning warms the battery before a DC fast charging session.",
+    "REFUSE": "CHAdeMO is a DC fast charging connector standard developed in Japan.",
+}
+
+
+def chunk(tag: str, doc: str) -> Chunk:
+    return Chunk(
+        chunk_id=f"{doc}-{tag}", doc_id=doc, source=f"https://example.test/{doc}", title="Charging guide",
+        headings=["Basics"], text=f"{tag}. {TOPICS[tag]}", token_count=20,
+        doc_content_hash="0" * 64, fetched_at=datetime.now(timezone.utc), converter="docling-html",
+    )
+
+
+class TeacherServer:
+    """Answers /v1/chat/completions with pairs grounded in the chunk it is sent."""
+
+    def __init__(self) -> None:
+        self.hits: Counter[str] = Counter()
+        self.status = 200
+
+    def reply(self, body: dict) -> tuple[int, dict]:
+        user = body["messages"][0]["content"]
+        if user.startswith("JUDGE"):
+            self.hits["judge"] += 1
+            verdict = {"faithfulness": 2 if "OCPP" in user else 5, "relevance": 5}
+            return 200, self._completion(body, json.dumps(verdict))
+        user = body["messages"][1]["content"]  # the chunk prompt, also on a repair turn
+        tag = next(t for t in TOPICS if f"{t}. " in user)
+        self.hits[tag] += 1
+        if self.status != 200:
+            return self.status, {"error": {"message": "invalid api key"}}
+        first = self.hits[tag] == 1
+        if tag == "RATE" and first:
+            return 429, {"error": {"message": "rate limited"}}
+        if tag == "SLOW" and first:
+            time.sleep(2)
+        sentence = TOPICS[tag]
+        pairs = [{"question": f"What does the guide say about {tag.lower()}?", "answer": sentence, "style": "factual"}]
+        if tag == "REFUSE":
+            pairs = [{"question": "What is CHAdeMO?", "answer": "I don't know.", "style": "factual"}]
+        content = json.dumps({"pairs": pairs})
+        if tag == "MALFORMED" and first:
+            content = "Sure! Here are some questions: 1. What is OCPP?"
+        return 200, self._completion(body, content)
+
+    @staticmethod
+    def _completion(body: dict, content: str) -> dict:
+        return {
+            "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+        }
+
+    @contextmanager
+    def serve(self) -> Iterator[str]:
+        teacher = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                assert self.path == "/v1/chat/completions"
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status, payload = teacher.reply(body)
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except BrokenPipeError:  # the client timed out first
+                    pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def teacher_config(base_url: str) -> TeacherConfig:
+    return TeacherConfig(
+        base_url=base_url, model="teacher-test", api_key_env=None,
+        system_prompt="You write question/answer pairs as JSON.",
+        user_prompt="Document: {title} ({headings})\n{chunk}\nWrite {n} pairs: {styles}.",
+        pairs_per_chunk=1, timeout_seconds=1, retries=2, repairs=1, concurrency=2,
+    )
+
+
+def test_teacher_retries_repairs_counts_and_caches(tmp_path: Path) -> None:
+    teacher = TeacherServer()
+    chunks = [chunk(tag, f"doc{i}") for i, tag in enumerate(TOPICS)]
+    with teacher.serve() as url:
+        cfg = teacher_config(url)
+        pairs, usage = teacher_pairs(chunks, cfg, tmp_path)
+        assert {c: len(p) for c, p in pairs.items()} == {c.chunk_id: 1 for c in chunks}
+        assert dict(teacher.hits) == {"plain": 1, "RATE": 2, "MALFORMED": 2, "SLOW": 2, "REFUSE": 1}
+        assert usage.repairs == 1 and usage.requests == 8 and not usage.failed_chunks
+        answered = 6  # 8 requests less the 429 and the timed-out one, which carried no usage
+        assert (usage.prompt_tokens, usage.completion_tokens) == (100 * answered, 20 * answered)
+
+        again, usage = teacher_pairs(chunks, cfg, tmp_path)
+        assert again == pairs and usage.cached_chunks == len(chunks) and usage.requests == 0
+        assert sum(teacher.hits.values()) == 8, "a rerun asks the teacher nothing"
+
+
+def test_teacher_pairs_are_filtered_and_split(tmp_path: Path) -> None:
+    teacher = TeacherServer()
+    chunks = ChunkSet(chunks=[chunk(tag, f"doc{i}") for i, tag in enumerate(TOPICS)])
+    with teacher.serve() as url:
+        cfg = SynthesisConfig(
+            generator="teacher", teacher=teacher_config(url), cache_dir=tmp_path,
+            split={"train": 0.6, "val": 0.0, "test": 0.4},
+        )
+        data = synthesize(chunks, cfg)
+    assert data.dropped == {"refusal": 1}
+    assert len(data.train) + len(data.test) == 4
+    assert data.generator == "teacher" and data.generator_stats["requests"] == 8
+    assert {p.kind for p in data.train + data.test} == {"factual"}
+
+
+def test_judge_drops_unfaithful_pairs(tmp_path: Path) -> None:
+    teacher = TeacherServer()
+    chunks = ChunkSet(chunks=[chunk(tag, f"doc{i}") for i, tag in enumerate(["plain", "MALFORMED", "RATE"])])
+    with teacher.serve() as url:
+        judge = teacher_config(url).model_copy(
+            update={"judge_prompt": "JUDGE the pair against the text.\n{chunk}\nQ: {question}\nA: {answer}"}
+        )
+        cfg = SynthesisConfig(generator="teacher", teacher=judge, cache_dir=tmp_path, split={"train": 0.6, "val": 0.0, "test": 0.4})
+        data = synthesize(chunks, cfg)
+    assert teacher.hits["judge"] == 3
+    assert data.dropped == {"judge": 1}
+    assert all("OCPP" not in p.answer for p in data.train + data.test)
+
+
+def test_teacher_auth_error_is_clear(tmp_path: Path) -> None:
+    teacher = TeacherServer()
+    teacher.status = 401
+    with teacher.serve() as url, pytest.raises(TeacherError, match="HTTP 401: .*invalid api key"):
+        teacher_pairs([chunk("plain", "doc")], teacher_config(url), tmp_path)
+
+
+def test_bad_prompt_placeholder_is_named() -> None:
+    from qaforge.config import ConfigError, validate_config
+
+    raw = {
+        "sources": {"files": ["x"]},
+        "synthesis": {"generator": "teacher", "teacher": {
+            "base_url": "http://127.0.0.1:1/v1", "model": "m", "system_prompt": "s", "user_prompt": "{chunk} {text}",
+        }},
+    }
+    with pytest.raises(ConfigError, match=r"synthesis\.teacher: Value error, user_prompt uses an unknown placeholder 'text'"):
+        validate_config(raw)
+    raw["synthesis"].pop("teacher")
+    with pytest.raises(ConfigError, match="generator 'teacher' needs a teacher section"):
+        validate_config(raw)
+
+
+def test_exports_load_with_datasets(sample_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    files = write_exports(sample_dataset, "Answer briefly.", tmp_path)
+    assert len(files) == 9
+    for split in ("train", "val", "test"):
+        expected = len(getattr(sample_dataset, split))
+        messages = load_dataset("json", data_files=str(tmp_path / f"{split}.messages.jsonl"), split="train")
+        assert messages.num_rows == expected
+        assert {"messages", "chunk_id", "source"} <= set(messages.column_names)
+        assert [m["role"] for m in messages[0]["messages"]] == ["system", "user", "assistant"]
+        openai = load_dataset("json", data_files=str(tmp_path / f"{split}.openai.jsonl"), split="train")
+        assert openai.column_names == ["messages"] and openai.num_rows == expected
+        alpaca = load_dataset("json", data_files=str(tmp_path / f"{split}.alpaca.json"), split="train")
+        assert {"instruction", "input", "output", "system", "source"} <= set(alpaca.column_names)
+        assert alpaca[0]["output"] == getattr(sample_dataset, split)[0].answer
+    card = dataset_card(sample_dataset)
+    assert f"| train | {len(sample_dataset.train)} |" in card and "## Source coverage" in card
