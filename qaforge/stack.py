@@ -19,7 +19,8 @@ def _ensure_component(client: Client, kind: StackComponentType, name: str, flavo
         client.create_stack_component(name=name, flavor=flavor, component_type=kind, configuration={})
 
 
-def setup_stack(name: str = "qaforge", root: Path = Path.cwd()) -> str:
+def setup_stack(name: str = "qaforge", root: Path | None = None) -> str:
+    root = root or Path.cwd()
     if Client.find_repository(root) is None:
         Client.initialize(root)
     client = Client()
