@@ -124,7 +124,9 @@ class SplitConfig(_Strict):
 
 class TeacherConfig(_Strict):
     """A teacher LLM behind any OpenAI-compatible chat endpoint. The prompts are
-    config, not code: `user_prompt` may use {title}, {headings}, {chunk}, {n}, {styles}."""
+    config, not code: `user_prompt` may use {title}, {headings}, {chunk}, {n}, {styles} and
+    {answer_style}. A pair may carry `follow_up_question`/`follow_up_answer`, which
+    becomes a second, multi-turn example."""
 
     base_url: str = Field(description="e.g. http://localhost:11434/v1 (Ollama) or a vLLM server.")
     model: str
@@ -151,7 +153,7 @@ class TeacherConfig(_Strict):
     @model_validator(mode="after")
     def _prompt_fields(self) -> TeacherConfig:
         for name, fields in (
-            ("user_prompt", {"title": "", "headings": "", "chunk": "", "n": 1, "styles": ""}),
+            ("user_prompt", {"title": "", "headings": "", "chunk": "", "n": 1, "styles": "", "answer_style": ""}),
             ("judge_prompt", {"chunk": "", "question": "", "answer": ""}),
         ):
             try:
@@ -174,6 +176,10 @@ class SynthesisConfig(_Strict):
         default=0.85, gt=0, le=1, description="Jaccard of content words above which a question repeats one."
     )
     min_answer_words: int = Field(default=4, ge=1)
+    answer_style: Literal["sentence", "brief", "markdown"] = Field(
+        default="sentence",
+        description="Target answers: full sentences, the first sentence only, or Markdown lists.",
+    )
     max_answer_words: int = Field(default=80, ge=1)
     split: SplitConfig = SplitConfig()
     unanswerable: list[str] = Field(

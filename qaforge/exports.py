@@ -13,7 +13,10 @@ SPLITS = ("train", "val", "test")
 
 
 def _messages(pair: QAPair, system_prompt: str | None) -> list[dict[str, str]]:
-    return [*build_messages(pair.question, system_prompt), {"role": "assistant", "content": pair.answer}]
+    return [
+        *build_messages(pair.question, system_prompt, pair.history),
+        {"role": "assistant", "content": pair.answer},
+    ]
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from qaforge.records import Turn
 
-def build_messages(question: str, system_prompt: str | None) -> list[dict[str, str]]:
+
+def build_messages(
+    question: str, system_prompt: str | None, history: Sequence[Turn] = ()
+) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for turn in history:
+        messages += [
+            {"role": "user", "content": turn.question},
+            {"role": "assistant", "content": turn.answer},
+        ]
     messages.append({"role": "user", "content": question})
     return messages
 

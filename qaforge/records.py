@@ -106,7 +106,15 @@ class ChunkSet(BaseModel):
     chunks: list[Chunk]
 
 
+class Turn(BaseModel):
+    question: str
+    answer: str
+
+
 class QAPair(BaseModel):
+    history: list[Turn] = Field(
+        default_factory=list, description="Earlier turns, for a multi-turn follow-up question."
+    )
     question: str
     answer: str
     chunk_id: str

@@ -37,6 +37,8 @@ class TeacherPair(BaseModel):
     question: str = Field(min_length=1)
     answer: str = Field(min_length=1)
     style: str = "factual"
+    follow_up_question: str | None = Field(default=None, description="For the multi-turn style.")
+    follow_up_answer: str | None = None
 
 
 class Verdict(BaseModel):
@@ -95,27 +97,34 @@ def styles_for(chunk: Chunk, cfg: TeacherConfig) -> list[str]:
     return rng.choices(list(cfg.styles), weights=list(cfg.styles.values()), k=cfg.pairs_per_chunk)
 
 
-def build_messages(chunk: Chunk, styles: list[str], cfg: TeacherConfig) -> list[dict[str, str]]:
+def request_messages(
+    chunk: Chunk, styles: list[str], cfg: TeacherConfig, answer_style: str
+) -> list[dict[str, str]]:
     user = cfg.user_prompt.format(
         title=chunk.title,
         headings=" > ".join(chunk.headings),
         chunk=chunk.text,
         n=len(styles),
         styles=", ".join(styles),
+        answer_style=answer_style,
     )
     return [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": user}]
 
 
-def cache_key(chunk: Chunk, cfg: TeacherConfig) -> str:
+def cache_key(chunk: Chunk, cfg: TeacherConfig, answer_style: str) -> str:
     settings = cfg.model_dump(exclude={"concurrency", "retries", "timeout_seconds", "api_key_env"})
-    payload = json.dumps({"chunk": chunk.text, "title": chunk.title, "settings": settings}, sort_keys=True)
+    payload = json.dumps(
+        {"chunk": chunk.text, "title": chunk.title, "settings": settings, "answer_style": answer_style},
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 class TeacherClient:
-    def __init__(self, cfg: TeacherConfig, usage: Usage) -> None:
+    def __init__(self, cfg: TeacherConfig, usage: Usage, answer_style: str) -> None:
         self.cfg = cfg
         self.usage = usage
+        self.answer_style = answer_style
         key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
         self.http = httpx.AsyncClient(
             base_url=cfg.base_url.rstrip("/") + "/",
@@ -179,7 +188,7 @@ class TeacherClient:
                 ]
 
     async def judged_pairs(self, chunk: Chunk) -> JudgedPairs:
-        messages = build_messages(chunk, styles_for(chunk, self.cfg), self.cfg)
+        messages = request_messages(chunk, styles_for(chunk, self.cfg), self.cfg, self.answer_style)
         pairs = (await self.ask(messages, TeacherReply)).pairs
         if not self.cfg.judge_prompt:
             return JudgedPairs(pairs=pairs)
@@ -191,7 +200,7 @@ class TeacherClient:
 
 
 def teacher_pairs(
-    chunks: list[Chunk], cfg: TeacherConfig, cache_dir: Path
+    chunks: list[Chunk], cfg: TeacherConfig, cache_dir: Path, answer_style: str = "one or two full sentences"
 ) -> tuple[dict[str, list[TeacherPair]], Usage]:
     """Pairs per chunk id (those the judge passed, if one is configured). A chunk
     whose requests all fail is recorded, not fatal."""
@@ -199,7 +208,7 @@ def teacher_pairs(
     judged: dict[str, JudgedPairs] = {}
     todo: list[Chunk] = []
     for chunk in chunks:
-        path = cache_dir / f"{cache_key(chunk, cfg)}.json"
+        path = cache_dir / f"{cache_key(chunk, cfg, answer_style)}.json"
         if path.exists():
             judged[chunk.chunk_id] = JudgedPairs.model_validate_json(path.read_text())
             usage.cached_chunks += 1
@@ -207,7 +216,7 @@ def teacher_pairs(
             todo.append(chunk)
 
     async def run() -> None:
-        client = TeacherClient(cfg, usage)
+        client = TeacherClient(cfg, usage, answer_style)
         semaphore = asyncio.Semaphore(cfg.concurrency)
         progress = tqdm(total=len(todo), desc="teacher", unit="chunk")
 
@@ -223,7 +232,7 @@ def teacher_pairs(
                 else:
                     judged[chunk.chunk_id] = answer
                     # Saved as each answer arrives, so a crash loses only what is in flight.
-                    write_atomic(cache_dir / f"{cache_key(chunk, cfg)}.json", answer.model_dump_json())
+                    write_atomic(cache_dir / f"{cache_key(chunk, cfg, answer_style)}.json", answer.model_dump_json())
                 finally:
                     progress.update()
 

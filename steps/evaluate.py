@@ -67,7 +67,7 @@ def answer_and_score(
     generation = generate_answers(
         model,
         tokenizer,
-        [build_messages(p.question, prompt.system_prompt) for p in pairs],
+        [build_messages(p.question, prompt.system_prompt, p.history) for p in pairs],
         cfg.max_new_tokens,
         cfg.batch_size,
     )

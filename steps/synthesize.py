@@ -11,6 +11,7 @@ import random
 import re
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from zenml import step
 
 from qaforge.config import PromptConfig, SynthesisConfig
 from qaforge.exports import dataset_card, write_exports
-from qaforge.records import Chunk, ChunkSet, QADataset, QAPair
+from qaforge.records import Chunk, ChunkSet, QADataset, QAPair, Turn
 from qaforge.teacher import teacher_pairs
 
 STOPWORDS = frozenset(
@@ -54,6 +55,7 @@ _ADVICE = re.compile(r"^(?P<subject>[A-Z][^,;:]{2,50}?) (?P<modal>should|must) (
 # Docling serializes a table row as "Row key, Column = value. Row key, Column = value."
 _TABLE_CELL_BREAK = re.compile(r"\. (?=[^=]{1,80}? = )")
 _STEP = re.compile(r"^\d{1,2}[.)] \S")
+_STEP_SPLIT = re.compile(r" (?=\d{1,2}[.)] )")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 
@@ -107,7 +109,8 @@ def _definition(sentence: str) -> tuple[str, str] | None:
     return f"What {verb} {_lower_first(match['term'])}?", sentence
 
 
-def _fact(sentence: str) -> tuple[str, str] | None:
+def _fact_parts(sentence: str) -> tuple[str, str, str] | None:
+    """(subject, auxiliary, base verb) of a subject-verb fact sentence."""
     words = sentence.rstrip(".").split()
     for i, word in enumerate(words[1:8], start=1):
         base = FACT_VERBS.get(word)
@@ -121,9 +124,42 @@ def _fact(sentence: str) -> tuple[str, str] | None:
             or {"that", "which", "who"} & set(words[:i])
         ):
             return None
-        auxiliary = "does" if word != base else "do"
+        return subject, "does" if word != base else "do", base
+    return None
+
+
+def _fact(sentence: str) -> tuple[str, str] | None:
+    if parts := _fact_parts(sentence):
+        subject, auxiliary, base = parts
         return f"What {auxiliary} {_lower_first(subject)} {base}?", sentence
     return None
+
+
+def _without_article(phrase: str) -> str:
+    return re.sub(r"^(an?|the) ", "", phrase.lower())
+
+
+def follow_ups_for_chunk(chunk: Chunk) -> list[tuple[str, str, Turn]]:
+    """Multi-turn pairs: after "What is X?", a later fact about X (named again, or
+    as "It"/"They" right after the definition) asked with a pronoun."""
+    defined: dict[str, Turn] = {}
+    previous: Turn | None = None
+    found: list[tuple[str, str, Turn]] = []
+    for sentence in sentences(chunk.text):
+        words = sentence.split()
+        if (pair := _definition(sentence)) is not None:
+            previous = Turn(question=pair[0], answer=pair[1])
+            defined[_without_article(_DEFINITION.match(sentence)["term"])] = previous
+            continue
+        if previous and len(words) > 3 and words[0] in ("It", "They") and words[1] in FACT_VERBS:
+            auxiliary = "does" if words[0] == "It" else "do"
+            found.append((f"What {auxiliary} {words[0].lower()} {FACT_VERBS[words[1]]}?", sentence, previous))
+        elif (parts := _fact_parts(sentence)) and (first := defined.get(_without_article(parts[0]))):
+            _, auxiliary, base = parts
+            pronoun = "it" if auxiliary == "does" else "they"
+            found.append((f"What {auxiliary} {pronoun} {base}?", sentence, first))
+        previous = None
+    return found
 
 
 def _advice(sentence: str, topic: str) -> tuple[str, str] | None:
@@ -211,16 +247,54 @@ REFUSAL = re.compile(
 )
 
 
-def candidate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[tuple[Chunk, str, str, str]], dict[str, int]]:
-    """(chunk, kind, question, answer) from the configured generator, and its usage counts."""
+ANSWER_STYLES = {
+    "sentence": "one or two full sentences",
+    "brief": "one short sentence",
+    "markdown": "Markdown, with a numbered or bulleted list where the answer has several parts",
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    chunk: Chunk
+    kind: str
+    question: str
+    answer: str
+    history: tuple[Turn, ...] = ()
+
+
+def styled(answer: str, kind: str, style: str) -> str:
+    """An offline answer in the configured style."""
+    if style == "brief":
+        return sentences(answer)[0] if sentences(answer) else answer
+    if style == "markdown" and kind == "procedure":
+        return "\n".join(_STEP_SPLIT.split(answer))
+    return answer
+
+
+def candidate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[Candidate], dict[str, int]]:
+    """Candidate pairs from the configured generator, and its usage counts."""
+    found: list[Candidate] = []
     if cfg.generator == "teacher":
-        by_chunk, usage = teacher_pairs(chunks.chunks, cfg.teacher, Path(cfg.cache_dir) / "teacher")
-        found = [(c, p.style, p.question, p.answer) for c in chunks.chunks for p in by_chunk.get(c.chunk_id, [])]
+        by_chunk, usage = teacher_pairs(
+            chunks.chunks, cfg.teacher, Path(cfg.cache_dir) / "teacher", ANSWER_STYLES[cfg.answer_style]
+        )
+        for chunk in chunks.chunks:
+            for p in by_chunk.get(chunk.chunk_id, []):
+                found.append(Candidate(chunk, p.style, p.question, p.answer))
+                if p.follow_up_question and p.follow_up_answer:
+                    first = Turn(question=p.question, answer=p.answer)
+                    found.append(Candidate(chunk, "follow-up", p.follow_up_question, p.follow_up_answer, (first,)))
         stats = {k: v for k, v in vars(usage).items() if isinstance(v, int)}
         return found, {**stats, "failed_chunks": len(usage.failed_chunks)}
-    return [
-        (c, kind, q, a) for c in chunks.chunks for kind, q, a in pairs_for_chunk(c, cfg.max_pairs_per_chunk)
-    ], {}
+    for chunk in chunks.chunks:
+        for kind, question, answer in pairs_for_chunk(chunk, cfg.max_pairs_per_chunk):
+            found.append(Candidate(chunk, kind, question, styled(answer, kind, cfg.answer_style)))
+        for question, answer, first in follow_ups_for_chunk(chunk):
+            found.append(
+                Candidate(chunk, "follow-up", question, styled(answer, "fact", cfg.answer_style), (first,))
+            )
+    return found, {}
 
 
 def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair], Counter, dict[str, int]]:
@@ -229,8 +303,9 @@ def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair]
     pairs: list[QAPair] = []
     dropped: Counter = Counter({"judge": stats["judge_rejected"]} if stats.get("judge_rejected") else {})
     questions = QuestionIndex(cfg.max_question_similarity)
-    for chunk, kind, question, answer in found:
-        question, answer = question.strip(), answer.strip()
+    for candidate in found:
+        chunk, kind = candidate.chunk, candidate.kind
+        question, answer = candidate.question.strip(), candidate.answer.strip()
         score = grounding(answer, chunk.text)
         if not question or not answer:
             dropped["empty"] += 1
@@ -240,11 +315,13 @@ def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair]
             dropped["ungrounded"] += 1
         elif not cfg.min_answer_words <= len(answer.split()) <= cfg.max_answer_words or len(question.split()) > 40:
             dropped["length"] += 1
-        elif questions.seen(question):
+        # A follow-up is only a repeat if its whole conversation is.
+        elif questions.seen(" ".join([*(t.question for t in candidate.history), question])):
             dropped["duplicate_question"] += 1
         else:
             pairs.append(
                 QAPair(
+                    history=list(candidate.history),
                     question=question,
                     answer=answer,
                     chunk_id=chunk.chunk_id,

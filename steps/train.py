@@ -32,7 +32,7 @@ def sft_dataset(pairs: list[QAPair], system_prompt: str | None) -> Dataset:
     return Dataset.from_list(
         [
             {
-                "prompt": build_messages(p.question, system_prompt),
+                "prompt": build_messages(p.question, system_prompt, p.history),
                 "completion": [{"role": "assistant", "content": p.answer}],
             }
             for p in pairs

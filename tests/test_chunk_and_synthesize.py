@@ -7,10 +7,12 @@ from qaforge.config import SynthesisConfig
 from qaforge.records import Chunk, ChunkSet
 from steps.synthesize import (
     QuestionIndex,
+    follow_ups_for_chunk,
     grounding,
     pairs_for_chunk,
     sentences,
     split_by_document,
+    styled,
     synthesize,
 )
 
@@ -57,6 +59,38 @@ def test_numbered_steps_make_a_procedure_question() -> None:
             "1. Find the battery capacity. 2. Multiply by the change in charge. 3. Divide by the power.") in pairs_for_chunk(chunk, 10)
 
 
+def test_follow_up_asks_about_the_defined_term_with_a_pronoun() -> None:
+    chunk = _chunk(
+        "A smart charger is a networked charger that connects by Wi-Fi. "
+        "A smart charger supports scheduled charging at off-peak hours."
+    )
+    [(question, answer, first)] = follow_ups_for_chunk(chunk)
+    assert question == "What does it support?"
+    assert answer == "A smart charger supports scheduled charging at off-peak hours."
+    assert first.question == "What is a smart charger?"
+
+    chunk = _chunk("Lithium plating is the deposition of lithium metal on the anode. It reduces capacity for good.")
+    [(question, answer, first)] = follow_ups_for_chunk(chunk)
+    assert (question, answer) == ("What does it reduce?", "It reduces capacity for good.")
+
+
+@pytest.mark.parametrize(
+    ("style", "kind", "answer", "expected"),
+    [
+        ("brief", "section", "First sentence here. Second one.", "First sentence here."),
+        ("markdown", "procedure", "1. Find it. 2. Divide it.", "1. Find it.\n2. Divide it."),
+        ("sentence", "section", "First. Second.", "First. Second."),
+    ],
+)
+def test_answer_styles(style: str, kind: str, answer: str, expected: str) -> None:
+    assert styled(answer, kind, style) == expected
+
+
+def test_sample_dataset_has_follow_ups(sample_dataset) -> None:  # noqa: ANN001
+    follow_ups = [p for s in ("train", "val", "test") for p in getattr(sample_dataset, s) if p.kind == "follow-up"]
+    assert follow_ups and all(len(p.history) == 1 for p in follow_ups)
+
+
 def test_reworded_questions_are_duplicates() -> None:
     index = QuestionIndex(0.85)
     assert not index.seen("What voltage does Level 2 charging use?")
@@ -94,7 +128,8 @@ def test_sample_pairs_are_grounded_and_split_by_document(sample_chunks, sample_d
     assert not docs["val"] & docs["test"]
     total = sum(map(len, splits.values()))
     assert 0.1 < len(data.test) / total < 0.35
-    assert len({p.question.lower() for pairs in splits.values() for p in pairs}) == total
+    conversations = {(*(t.question for t in p.history), p.question.lower()) for ps in splits.values() for p in ps}
+    assert len(conversations) == total
     assert Counter(p.kind for p in data.train).keys() >= {"definition", "fact", "table", "section"}
 
 

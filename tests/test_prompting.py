@@ -1,18 +1,20 @@
 """The prompt the model is trained on is token-for-token the prompt it is served with."""
 
+import pytest
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 from qaforge.prompting import build_messages, render_prompt
-from qaforge.records import QAPair
+from qaforge.records import QAPair, Turn
 from steps.train import sft_dataset
 
 
-def test_training_prompt_tokens_equal_served_prompt_tokens(base_model_dir, tokenizer, tmp_path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("history", [[], [Turn(question="What is Level 2?", answer="Level 2 is AC charging.")]])
+def test_training_prompt_tokens_equal_served_prompt_tokens(base_model_dir, tokenizer, tmp_path, history) -> None:  # noqa: ANN001
     system = "You answer questions about EV charging."
     pair = QAPair(
-        question="What does Level 2 charging use?", answer="Level 2 charging uses 240 V.",
+        history=history, question="What does Level 2 charging use?", answer="Level 2 charging uses 240 V.",
         chunk_id="c", doc_id="d", source="s", kind="fact", grounding=1.0,
     )
     trainer = SFTTrainer(
@@ -24,7 +26,7 @@ def test_training_prompt_tokens_equal_served_prompt_tokens(base_model_dir, token
     )
     example = trainer.train_dataset[0]
     served = tokenizer(
-        render_prompt(tokenizer, build_messages(pair.question, system)), add_special_tokens=False
+        render_prompt(tokenizer, build_messages(pair.question, system, pair.history)), add_special_tokens=False
     )["input_ids"]
     n = len(served)
     assert example["input_ids"][:n] == served

@@ -66,6 +66,8 @@ class TeacherServer:
         pairs = [{"question": f"What does the guide say about {tag.lower()}?", "answer": sentence, "style": "factual"}]
         if tag == "REFUSE":
             pairs = [{"question": "What is CHAdeMO?", "answer": "I don't know.", "style": "factual"}]
+        if tag == "plain":
+            pairs[0] |= {"follow_up_question": "From what supply?", "follow_up_answer": "It delivers up to 19.2 kW from a 240 V supply."}
         content = json.dumps({"pairs": pairs})
         if tag == "MALFORMED" and first:
             content = "Sure! Here are some questions: 1. What is OCPP?"
@@ -147,9 +149,12 @@ def test_teacher_pairs_are_filtered_and_split(tmp_path: Path) -> None:
         )
         data = synthesize(chunks, cfg)
     assert data.dropped == {"refusal": 1}
-    assert len(data.train) + len(data.test) == 4
+    assert len(data.train) + len(data.test) == 5
     assert data.generator == "teacher" and data.generator_stats["requests"] == 8
-    assert {p.kind for p in data.train + data.test} == {"factual"}
+    assert {p.kind for p in data.train + data.test} == {"factual", "follow-up"}
+    follow_up = next(p for p in data.train + data.test if p.kind == "follow-up")
+    assert follow_up.question == "From what supply?"
+    assert [t.question for t in follow_up.history] == ["What does the guide say about plain?"]
 
 
 def test_judge_drops_unfaithful_pairs(tmp_path: Path) -> None:
