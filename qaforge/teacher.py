@@ -209,10 +209,10 @@ def teacher_pairs(
     todo: list[Chunk] = []
     for chunk in chunks:
         path = cache_dir / f"{cache_key(chunk, cfg, answer_style)}.json"
-        if path.exists():
+        try:
             judged[chunk.chunk_id] = JudgedPairs.model_validate_json(path.read_text())
             usage.cached_chunks += 1
-        else:
+        except (OSError, ValueError):  # not asked yet, or an unreadable file: ask again
             todo.append(chunk)
 
     async def run() -> None:

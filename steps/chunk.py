@@ -5,7 +5,6 @@ settings are read back instead of recomputed."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
@@ -43,6 +42,14 @@ def chunk_document(doc: Document, chunker: HybridChunker) -> list[Chunk]:
     return chunks
 
 
+def _read_cache(path: Path) -> list[Chunk] | None:
+    """Chunks stored by an earlier run; an unreadable or outdated file is ignored."""
+    try:
+        return ChunkSet.model_validate_json(path.read_text()).chunks
+    except (OSError, ValueError):
+        return None
+
+
 def chunk_corpus(
     corpus: Corpus,
     tokenizer: PreTrainedTokenizerBase,
@@ -55,12 +62,12 @@ def chunk_corpus(
     for doc in corpus.documents:
         key = hashlib.sha256(f"{doc.doc_id}|{doc.content_hash}|{settings}".encode()).hexdigest()[:24]
         cached = cache_dir / f"{key}.json" if cache_dir else None
-        if cached and cached.exists():
-            chunks += [Chunk.model_validate_json(c) for c in json.loads(cached.read_text())]
+        if cached and (earlier := _read_cache(cached)) is not None:
+            chunks += earlier
             continue
         pieces = chunk_document(doc, chunker)
         if cached:
-            write_atomic(cached, json.dumps([c.model_dump_json() for c in pieces]))
+            write_atomic(cached, ChunkSet(chunks=pieces).model_dump_json())
         chunks += pieces
     return ChunkSet(chunks=chunks)
 

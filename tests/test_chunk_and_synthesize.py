@@ -5,16 +5,8 @@ import pytest
 
 from qaforge.config import SynthesisConfig
 from qaforge.records import Chunk, ChunkSet
-from steps.synthesize import (
-    QuestionIndex,
-    follow_ups_for_chunk,
-    grounding,
-    pairs_for_chunk,
-    sentences,
-    split_by_document,
-    styled,
-    synthesize,
-)
+from qaforge.offline_qa import follow_ups_for_chunk, pairs_for_chunk, sentences, styled
+from steps.synthesize import QuestionIndex, grounding, split_by_document, synthesize
 
 
 def test_chunks_carry_provenance_and_fit_the_token_budget(sample_corpus, sample_chunks) -> None:  # noqa: ANN001

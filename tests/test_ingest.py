@@ -105,6 +105,11 @@ def test_rerun_reuses_unchanged_and_reports_changes(site: FixtureSite, tmp_path:
         chunk_corpus(second, tokenizer, 128, chunks_dir)
         assert {p.name: p.stat().st_mtime_ns for p in chunks_dir.iterdir()} == cached_files
 
+        # A cache file from an older qaforge, or half-written, is recomputed, not fatal.
+        stale = next(iter(chunks_dir.iterdir()))
+        stale.write_text("[not json")
+        assert chunk_corpus(second, tokenizer, 128, chunks_dir) == chunk_corpus(first, tokenizer, 128)
+
         site.changing_text = "The changing page now says the tariff is 25 cents per kilowatt-hour at peak."
         del site.routes["/b"]
         third, report = ingest(sources)

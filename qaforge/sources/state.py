@@ -32,9 +32,14 @@ class IngestState:
         return cls(Path(sources.state_dir) / key)
 
     def _load(self, source: str) -> Document | None:
+        """The stored Document; an unreadable or outdated file counts as none."""
         entry = self.index.get(source)
-        path = self.directory / "documents" / entry["doc"] if entry else None
-        return Document.model_validate_json(path.read_text()) if path and path.exists() else None
+        if entry is None:
+            return None
+        try:
+            return Document.model_validate_json((self.directory / "documents" / entry["doc"]).read_text())
+        except (OSError, ValueError):
+            return None
 
     def reusable(self, source: str, key: str) -> Document | None:
         """The earlier Document of `source` if it was made from the same input."""
