@@ -4,13 +4,11 @@ that misbehaves like real ones do, and the dataset exports read back by `dataset
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,8 @@ from qaforge.exports import dataset_card, write_exports
 from qaforge.records import Chunk, ChunkSet
 from qaforge.teacher import TeacherError, teacher_pairs
 from steps.synthesize import synthesize
+
+from fixture_site import QuietHandler, serve_handler
 
 TOPICS = {
     "plain": "A Level 2 charger delivers up to 19.2 kW from a 240 V supply.",
@@ -85,32 +85,14 @@ class TeacherServer:
     def serve(self) -> Iterator[str]:
         teacher = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 assert self.path == "/v1/chat/completions"
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status, payload = teacher.reply(body)
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except BrokenPipeError:  # the client timed out first
-                    pass
+                status, payload = teacher.reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.respond(status, "application/json", json.dumps(payload).encode())
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-        finally:
-            server.shutdown()
-            server.server_close()
+        with serve_handler(Handler) as base:
+            yield f"{base}/v1"
 
 
 def teacher_config(base_url: str) -> TeacherConfig:
