@@ -47,22 +47,18 @@ def check_config(config_path: Path) -> None:
 @config_option
 def info(config_path: Path) -> None:
     """Where to look: the MLflow store, its UI command and the production model."""
-    from mlflow.exceptions import MlflowException
-
-    from qaforge.tracking import model_registry, tracking_uri
+    from qaforge.tracking import model_registry, tracking_uri, version_by_alias
 
     cfg = _load(config_path)
     uri = tracking_uri()
     click.echo(f"MLflow tracking URI: {uri}")
     click.echo(f"MLflow UI:           mlflow ui --backend-store-uri {uri} --port 5000")
-    client = model_registry().mlflow_client
-    try:
-        version = client.get_model_version_by_alias(cfg.registry.model_name, cfg.registry.alias)
-    except MlflowException:
+    version = version_by_alias(cfg.registry.model_name, cfg.registry.alias)
+    if version is None:
         click.echo(f"No version of '{cfg.registry.model_name}' has alias @{cfg.registry.alias} yet.")
         return
     click.echo(f"Production model:    models:/{cfg.registry.model_name}@{cfg.registry.alias} = v{version.version}")
-    metrics = client.get_run(version.run_id).data.metrics
+    metrics = model_registry().mlflow_client.get_run(version.run_id).data.metrics
     for name in sorted(m for m in metrics if m.startswith("eval/")):
         click.echo(f"  {name:<40} {metrics[name]:.4f}")
 

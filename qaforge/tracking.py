@@ -20,6 +20,16 @@ def model_registry() -> Any:
     return stack.model_registry
 
 
+def version_by_alias(name: str, alias: str) -> Any | None:
+    """The MLflow model version holding `alias`, or None if no version has it yet."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return model_registry().mlflow_client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
 def tracking_uri() -> str:
     from zenml.client import Client
 

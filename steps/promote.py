@@ -7,13 +7,12 @@ from __future__ import annotations
 import logging
 
 import mlflow
-from mlflow.exceptions import MlflowException
 from zenml import get_step_context, step
 from zenml.enums import ModelStages
 
 from qaforge.config import EvaluationConfig, PromptConfig, RegistryConfig
 from qaforge.records import EvalReport, PromotionDecision, QADataset, RegisteredModel
-from qaforge.tracking import model_registry
+from qaforge.tracking import model_registry, version_by_alias
 from steps.evaluate import answer_and_score, test_pairs
 
 log = logging.getLogger(__name__)
@@ -62,15 +61,10 @@ def production_score(
 ) -> tuple[str, float] | None:
     """Score the current production version on this run's test split; None when there
     is none, or when it is the candidate itself (a rerun of this step)."""
-    name = registered.name
-    client = model_registry().mlflow_client
-    try:
-        current = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+    current = version_by_alias(registered.name, alias)
+    if current is None or str(current.version) == registered.version:
         return None
-    if str(current.version) == registered.version:
-        return None
-    served = mlflow.pyfunc.load_model(f"models:/{name}@{alias}").unwrap_python_model()
+    served = mlflow.pyfunc.load_model(f"models:/{registered.name}@{alias}").unwrap_python_model()
     _, metrics = answer_and_score(served.model, served.tokenizer, test_pairs(data, cfg), prompt, cfg)
     return str(current.version), metrics[cfg.primary_metric]
 

@@ -4,11 +4,12 @@ a PDF, page chrome and banners, a near-duplicate page, and a page tests can edit
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from qaforge.sources.web import serve_on_loopback
 
 CHROME = (
     "<header><a href='/'>Home</a></header>"
@@ -112,7 +113,7 @@ class FixtureSite:
                 status, content_type, body = route() if route else (404, "text/html", b"not found")
                 self.respond(status, content_type, body)
 
-        with serve_handler(Handler) as base:
+        with serve_on_loopback(Handler) as base:
             self.base = base
             yield base
 
@@ -130,16 +131,3 @@ class QuietHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except BrokenPipeError:  # the client gave up first (a timeout test)
             pass
-
-
-@contextmanager
-def serve_handler(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    """Serve `handler` on a free 127.0.0.1 port; yield the base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()

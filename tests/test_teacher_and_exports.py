@@ -17,10 +17,11 @@ from datasets import load_dataset
 from qaforge.config import SynthesisConfig, TeacherConfig
 from qaforge.exports import dataset_card, write_exports
 from qaforge.records import Chunk, ChunkSet
+from qaforge.sources.web import serve_on_loopback
 from qaforge.teacher import TeacherError, teacher_pairs
 from steps.synthesize import synthesize
 
-from fixture_site import QuietHandler, serve_handler
+from fixture_site import QuietHandler
 
 TOPICS = {
     "plain": "A Level 2 charger delivers up to 19.2 kW from a 240 V supply.",
@@ -91,7 +92,7 @@ class TeacherServer:
                 status, payload = teacher.reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 self.respond(status, "application/json", json.dumps(payload).encode())
 
-        with serve_handler(Handler) as base:
+        with serve_on_loopback(Handler) as base:
             yield f"{base}/v1"
 
 

@@ -19,10 +19,11 @@ import re
 import subprocess
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from socketserver import BaseRequestHandler
 from typing import Any
 from urllib.parse import urldefrag, urljoin, urlparse
 from xml.etree import ElementTree
@@ -71,19 +72,24 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
+def serve_on_loopback(handler: Callable[..., BaseRequestHandler]) -> Iterator[str]:
+    """Serve `handler` on a free 127.0.0.1 port; yield the base URL (no trailing slash)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
 def serve_directory(directory: Path) -> Iterator[str]:
     """Serve `directory` on a free 127.0.0.1 port; yield its base URL."""
     if not directory.is_dir():
         raise FileNotFoundError(f"sources.web.serve_dir: no such folder: {directory}")
-    handler = functools.partial(_QuietHandler, directory=str(directory))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_on_loopback(functools.partial(_QuietHandler, directory=str(directory))) as base:
+        yield base + "/"
 
 
 @contextlib.contextmanager
