@@ -15,6 +15,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# Shipped with qaforge: general QA (forgetting guard) and replay data.
+GENERAL_DATA = Path(__file__).resolve().parent / "data"
+# The MyCoach rubric.
+JUDGE_CRITERIA = (
+    "relevance", "completeness", "clarity", "coherence", "originality", "engagement", "support_and_evidence",
+)
 DEFAULT_SYSTEM_PROMPT = (
     "You are a concise assistant for the documents you were trained on. "
     "Answer in one or two full sentences."
@@ -122,15 +128,26 @@ class SplitConfig(_Strict):
         return self
 
 
-class TeacherConfig(_Strict):
-    """A teacher LLM behind any OpenAI-compatible chat endpoint. The prompts are
-    config, not code: `user_prompt` may use {title}, {headings}, {chunk}, {n}, {styles} and
-    {answer_style}. A pair may carry `follow_up_question`/`follow_up_answer`, which
-    becomes a second, multi-turn example."""
+class EndpointConfig(_Strict):
+    """An LLM behind any OpenAI-compatible chat endpoint, asked for JSON replies."""
 
     base_url: str = Field(description="e.g. http://localhost:11434/v1 (Ollama) or a vLLM server.")
     model: str
     api_key_env: str | None = Field(default="OPENAI_API_KEY", description="Env var with the key.")
+    concurrency: int = Field(default=4, ge=1, le=64)
+    retries: int = Field(default=4, ge=0, le=10, description="On 429, 5xx and timeouts.")
+    repairs: int = Field(default=2, ge=0, le=5, description="Re-asks after malformed JSON.")
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    temperature: float = Field(default=0.2, ge=0, le=2)
+    max_tokens: int = Field(default=1024, ge=16)
+
+
+class TeacherConfig(EndpointConfig):
+    """The teacher that writes QA pairs. The prompts are config, not code:
+    `user_prompt` may use {title}, {headings}, {chunk}, {n}, {styles} and
+    {answer_style}. A pair may carry `follow_up_question`/`follow_up_answer`, which
+    becomes a second, multi-turn example."""
+
     system_prompt: str
     user_prompt: str
     styles: dict[str, float] = Field(
@@ -138,12 +155,6 @@ class TeacherConfig(_Strict):
         description="Question style -> share of the questions asked for.",
     )
     pairs_per_chunk: int = Field(default=3, ge=1, le=20)
-    concurrency: int = Field(default=4, ge=1, le=64)
-    retries: int = Field(default=4, ge=0, le=10, description="On 429, 5xx and timeouts.")
-    repairs: int = Field(default=2, ge=0, le=5, description="Re-asks after malformed JSON.")
-    timeout_seconds: float = Field(default=60.0, gt=0)
-    temperature: float = Field(default=0.2, ge=0, le=2)
-    max_tokens: int = Field(default=1024, ge=16)
     judge_prompt: str | None = Field(
         default=None,
         description="If set, the teacher also scores each pair; may use {chunk}, {question}, {answer}.",
@@ -200,13 +211,28 @@ class SynthesisConfig(_Strict):
         return self
 
 
+class ReplayConfig(_Strict):
+    """General instruction data mixed into training, so the model keeps what it knew."""
+
+    path: Path = Field(default=GENERAL_DATA / "replay.jsonl", description="JSONL of {question, answer}.")
+    ratio: float = Field(default=0.1, gt=0, le=1, description="Replay examples per domain training example.")
+
+
 class TrainingConfig(_Strict):
-    method: Literal["qlora", "lora"] = "qlora"
+    method: Literal["qlora", "lora", "full"] = Field(
+        default="qlora",
+        description="qlora: LoRA on a 4-bit NF4 base; lora: LoRA on a full-precision base; full: every weight.",
+    )
     max_steps: int = Field(default=60, ge=1)
-    learning_rate: float = Field(default=2e-4, gt=0)
+    learning_rate: float = Field(default=2e-4, gt=0, description="Full fine-tuning wants about 1/10 of LoRA's.")
     batch_size: int = Field(default=8, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     max_length: int = Field(default=256, ge=32)
+    packing: bool = Field(
+        default=False,
+        description="Pack examples into full max_length rows (best-fit decreasing; attention stays "
+        "within each example). Otherwise batches are grouped by length to waste little on padding.",
+    )
     warmup_steps: int = Field(default=5, ge=0)
     gradient_checkpointing: bool = Field(
         default=False, description="Saves memory on long sequences; slower, above all on CPU."
@@ -216,9 +242,39 @@ class TrainingConfig(_Strict):
     lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     logging_steps: int = Field(default=5, ge=1)
-    save_steps: int = Field(default=20, ge=1, description="Checkpoint interval; a rerun resumes.")
+    eval_steps: int | None = Field(default=10, ge=1, description="Val-split loss every N steps (None: never).")
+    early_stopping_patience: int | None = Field(
+        default=3, ge=1, description="Stop after this many evaluations without a better val loss."
+    )
+    save_steps: int = Field(default=10, ge=1, description="Checkpoint interval; a rerun resumes.")
+    replay: ReplayConfig | None = None
     output_dir: Path = Path(".qaforge/train")
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _early_stopping(self) -> TrainingConfig:
+        if self.early_stopping_patience is not None:
+            if self.eval_steps is None:
+                raise ValueError("early_stopping_patience needs eval_steps")
+            if self.save_steps % self.eval_steps:
+                raise ValueError(
+                    f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
+                    "for early stopping to keep the best checkpoint"
+                )
+        return self
+
+
+class JudgeConfig(EndpointConfig):
+    """An LLM judge. `rubric` scores each answer 1-5 on the criteria; `pairwise` asks
+    which of two answers is better, twice with the order swapped to cancel position bias."""
+
+    modes: list[Literal["rubric", "pairwise"]] = Field(default_factory=lambda: ["rubric", "pairwise"], min_length=1)
+    criteria: list[str] = Field(
+        default_factory=lambda: list(JUDGE_CRITERIA), min_length=1, description="Rubric criteria, 1-5 each."
+    )
+    max_examples: int | None = Field(default=None, ge=1, description="Judge only the first N test questions.")
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_tokens: int = Field(default=512, ge=16)
 
 
 class EvaluationConfig(_Strict):
@@ -226,6 +282,18 @@ class EvaluationConfig(_Strict):
     batch_size: int = Field(default=8, ge=1)
     max_examples: int | None = Field(default=None, ge=1)
     primary_metric: Literal["rougeL", "rouge1", "rouge2", "bleu", "chrf", "token_f1"] = "rougeL"
+    bootstrap_samples: int = Field(default=1000, ge=100, description="Paired bootstrap resamples.")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    latency_samples: int = Field(
+        default=12, ge=0, description="Test questions answered one at a time to time the models (0: skip)."
+    )
+    general_qa: Path | None = Field(
+        default=GENERAL_DATA / "general_qa.jsonl",
+        description="Forgetting guard: general questions scored for base and candidate (None: skip).",
+    )
+    judge: JudgeConfig | None = None
+    report_dir: Path = Field(default=Path("reports"), description="HTML and Markdown reports, one folder per run.")
+    examples_in_report: int = Field(default=8, ge=0)
 
 
 class RegistryConfig(_Strict):
@@ -233,7 +301,16 @@ class RegistryConfig(_Strict):
     alias: str = "production"
     previous_alias: str = "previous"
     min_improvement: float = Field(
-        default=0.0, ge=0, description="Margin the candidate must win by on the primary metric."
+        default=0.0,
+        ge=0,
+        description="The lower bound of the confidence interval of the candidate's gain on the "
+        "primary metric, over base and over production, must exceed this.",
+    )
+    max_general_drop: float | None = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Forgetting guard: largest allowed drop in general-QA accuracy (None: off).",
     )
 
 

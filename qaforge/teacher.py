@@ -1,8 +1,7 @@
 """Question/answer pairs from a teacher LLM over an OpenAI-compatible chat API.
 
-Requests run concurrently up to a limit; 429, 5xx and timeouts are retried with
-exponential backoff; a reply that is not the JSON asked for is sent back with the
-validation error for a repair. Answers are cached by (chunk, prompt, settings), so a
+Requests run concurrently up to a limit, through the shared `ChatClient` (retries
+and JSON repairs). Answers are cached by (chunk, prompt, settings), so a
 rerun after a crash, or with one new document, asks only for what is new.
 """
 
@@ -12,25 +11,18 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 import random
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-from typing import TypeVar
-
-from pydantic import BaseModel, Field, ValidationError
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+from pydantic import BaseModel, Field
 from tqdm import tqdm
 
+from qaforge.chat_client import ChatClient, EndpointError, Usage
 from qaforge.config import TeacherConfig
 from qaforge.fsutil import write_atomic
 from qaforge.records import Chunk
 
 log = logging.getLogger(__name__)
-T = TypeVar("T", bound=BaseModel)
 
 
 class TeacherPair(BaseModel):
@@ -64,33 +56,6 @@ class JudgedPairs(BaseModel):
         ]
 
 
-@dataclass
-class Usage:
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    repairs: int = 0
-    cached_chunks: int = 0
-    judge_rejected: int = 0
-    failed_chunks: list[str] = field(default_factory=list)
-
-
-class TeacherError(RuntimeError):
-    """The endpoint answered in a way retrying cannot fix (e.g. 401, 404)."""
-
-
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code == 429 or exc.response.status_code >= 500
-    return isinstance(exc, (httpx.TimeoutException, httpx.TransportError))
-
-
-def parse_reply(content: str, schema: type[T]) -> T:
-    """The JSON object in a reply, tolerating a Markdown code fence around it."""
-    text = re.sub(r"^```(?:json)?\s*|\s*```$", "", content.strip())
-    return schema.model_validate_json(text)
-
-
 def styles_for(chunk: Chunk, cfg: TeacherConfig) -> list[str]:
     """The question styles asked for one chunk: the configured mix, seeded by the chunk."""
     rng = random.Random(chunk.doc_content_hash + chunk.chunk_id)
@@ -120,72 +85,10 @@ def cache_key(chunk: Chunk, cfg: TeacherConfig, answer_style: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-class TeacherClient:
+class TeacherClient(ChatClient):
     def __init__(self, cfg: TeacherConfig, usage: Usage, answer_style: str) -> None:
-        self.cfg = cfg
-        self.usage = usage
+        super().__init__(cfg, usage)
         self.answer_style = answer_style
-        key = os.environ.get(cfg.api_key_env, "") if cfg.api_key_env else ""
-        self.http = httpx.AsyncClient(
-            base_url=cfg.base_url.rstrip("/") + "/",
-            timeout=cfg.timeout_seconds,
-            headers={"Authorization": f"Bearer {key}"} if key else {},
-        )
-
-    async def complete(self, messages: list[dict[str, str]]) -> str:
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(self.cfg.retries + 1),
-            wait=wait_exponential(multiplier=0.5, max=30),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        ):
-            with attempt:
-                self.usage.requests += 1
-                response = await self.http.post(
-                    "chat/completions",
-                    json={
-                        "model": self.cfg.model,
-                        "messages": messages,
-                        "temperature": self.cfg.temperature,
-                        "max_tokens": self.cfg.max_tokens,
-                        "response_format": {"type": "json_object"},
-                    },
-                )
-                if response.status_code == 429 or response.status_code >= 500:
-                    response.raise_for_status()
-                if response.status_code >= 400:
-                    raise TeacherError(
-                        f"{self.cfg.base_url}: HTTP {response.status_code}: {response.text[:300]}"
-                    )
-                body = response.json()
-        usage = body.get("usage") or {}
-        self.usage.prompt_tokens += usage.get("prompt_tokens", 0)
-        self.usage.completion_tokens += usage.get("completion_tokens", 0)
-        return body["choices"][0]["message"]["content"]
-
-    async def ask(self, messages: list[dict[str, str]], schema: type[T]) -> T:
-        """A reply validated against `schema`, re-asking with the errors when it is not."""
-        repairs_left = self.cfg.repairs
-        while True:
-            content = await self.complete(messages)
-            try:
-                return parse_reply(content, schema)
-            except ValidationError as exc:
-                if not repairs_left:
-                    raise
-                repairs_left -= 1
-                self.usage.repairs += 1
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                messages = [
-                    *messages,
-                    {"role": "assistant", "content": content},
-                    {
-                        "role": "user",
-                        "content": f"That reply is not valid JSON matching the schema "
-                        f"{json.dumps(schema.model_json_schema())} ({problems}). "
-                        "Reply with that JSON object only.",
-                    },
-                ]
 
     async def judged_pairs(self, chunk: Chunk) -> JudgedPairs:
         messages = request_messages(chunk, styles_for(chunk, self.cfg), self.cfg, self.answer_style)
@@ -224,7 +127,7 @@ def teacher_pairs(
             async with semaphore:
                 try:
                     answer = await client.judged_pairs(chunk)
-                except TeacherError:
+                except EndpointError:
                     raise
                 except Exception as exc:  # one chunk's failure never loses the others
                     log.warning("teacher: chunk %s: %s: %s", chunk.chunk_id, type(exc).__name__, exc)
@@ -240,7 +143,7 @@ def teacher_pairs(
             await asyncio.gather(*(one(c) for c in todo))
         finally:
             progress.close()
-            await client.http.aclose()
+            await client.aclose()
 
     if todo:
         asyncio.run(run())

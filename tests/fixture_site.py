@@ -4,8 +4,9 @@ a PDF, page chrome and banners, a near-duplicate page, and a page tests can edit
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 
@@ -131,3 +132,27 @@ class QuietHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         except BrokenPipeError:  # the client gave up first (a timeout test)
             pass
+
+
+def chat_completion(body: dict, content: str) -> dict:
+    """An OpenAI chat.completion reply carrying `content`."""
+    return {
+        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
+    }
+
+
+@contextmanager
+def serve_chat(reply: Callable[[dict], tuple[int, dict]]) -> Iterator[str]:
+    """An OpenAI-compatible endpoint on 127.0.0.1 whose replies come from `reply(body)`;
+    yields the base URL ending in /v1."""
+
+    class Handler(QuietHandler):
+        def do_POST(self) -> None:
+            assert self.path == "/v1/chat/completions"
+            status, payload = reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.respond(status, "application/json", json.dumps(payload).encode())
+
+    with serve_on_loopback(Handler) as base:
+        yield f"{base}/v1"

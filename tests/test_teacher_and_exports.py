@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,11 +15,11 @@ from datasets import load_dataset
 from qaforge.config import SynthesisConfig, TeacherConfig
 from qaforge.exports import dataset_card, write_exports
 from qaforge.records import Chunk, ChunkSet
-from qaforge.sources.web import serve_on_loopback
-from qaforge.teacher import TeacherError, teacher_pairs
+from qaforge.chat_client import EndpointError
+from qaforge.teacher import teacher_pairs
 from steps.synthesize import synthesize
 
-from fixture_site import QuietHandler
+from fixture_site import chat_completion, serve_chat
 
 TOPICS = {
     "plain": "A Level 2 charger delivers up to 19.2 kW from a 240 V supply.",
@@ -52,7 +50,7 @@ class TeacherServer:
         if user.startswith("JUDGE"):
             self.hits["judge"] += 1
             verdict = {"faithfulness": 2 if "OCPP" in user else 5, "relevance": 5}
-            return 200, self._completion(body, json.dumps(verdict))
+            return 200, chat_completion(body, json.dumps(verdict))
         user = body["messages"][1]["content"]  # the chunk prompt, also on a repair turn
         tag = next(t for t in TOPICS if f"{t}. " in user)
         self.hits[tag] += 1
@@ -72,28 +70,10 @@ class TeacherServer:
         content = json.dumps({"pairs": pairs})
         if tag == "MALFORMED" and first:
             content = "Sure! Here are some questions: 1. What is OCPP?"
-        return 200, self._completion(body, content)
+        return 200, chat_completion(body, content)
 
-    @staticmethod
-    def _completion(body: dict, content: str) -> dict:
-        return {
-            "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
-        }
-
-    @contextmanager
-    def serve(self) -> Iterator[str]:
-        teacher = self
-
-        class Handler(QuietHandler):
-            def do_POST(self) -> None:
-                assert self.path == "/v1/chat/completions"
-                status, payload = teacher.reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.respond(status, "application/json", json.dumps(payload).encode())
-
-        with serve_on_loopback(Handler) as base:
-            yield f"{base}/v1"
+    def serve(self):  # noqa: ANN201
+        return serve_chat(self.reply)
 
 
 def teacher_config(base_url: str) -> TeacherConfig:
@@ -157,7 +137,7 @@ def test_judge_drops_unfaithful_pairs(tmp_path: Path) -> None:
 def test_teacher_auth_error_is_clear(tmp_path: Path) -> None:
     teacher = TeacherServer()
     teacher.status = 401
-    with teacher.serve() as url, pytest.raises(TeacherError, match="HTTP 401: .*invalid api key"):
+    with teacher.serve() as url, pytest.raises(EndpointError, match="HTTP 401: .*invalid api key"):
         teacher_pairs([chunk("plain", "doc")], teacher_config(url), tmp_path)
 
 
