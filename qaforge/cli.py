@@ -65,6 +65,22 @@ def info(config_path: Path) -> None:
 
 @main.command()
 @config_option
+def rollback(config_path: Path) -> None:
+    """Give @production back to the version holding @previous (and swap them)."""
+    from steps.promote import rollback as swap
+
+    cfg = _load(config_path)
+    name, registry = cfg.registry.model_name, cfg.registry
+    try:
+        now, before = swap(name, registry.alias, registry.previous_alias)
+    except LookupError as exc:
+        click.echo(f"Cannot roll back: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"models:/{name}@{registry.alias} = v{now}" + (f"; @{registry.previous_alias} = v{before}" if before else ""))
+
+
+@main.command()
+@config_option
 @click.option("--model-uri", help="Default: models:/<registry.model_name>@<registry.alias>.")
 @click.option("--host", help="Default: serving.host from the config.")
 @click.option("--port", type=int, help="Default: serving.port from the config.")

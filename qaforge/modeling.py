@@ -114,3 +114,47 @@ def generate_answers(
         prompt_tokens=prompt_tokens,
         new_tokens=new_tokens,
     )
+
+
+@torch.inference_mode()
+def reference_nll(
+    model: Any,
+    tokenizer: Any,
+    conversations: list[list[dict[str, str]]],
+    answers: list[str],
+    batch_size: int = 8,
+) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, token count) of each reference answer after its
+    prompt: the perplexity a model assigns to the answers it should give."""
+    results: list[tuple[float, int]] = []
+    for i in range(0, len(conversations), batch_size):
+        rows = []
+        for messages, answer in zip(conversations[i : i + batch_size], answers[i : i + batch_size]):
+            prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+            answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+            rows.append((prompt + answer_ids, len(prompt)))
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        labels = torch.full((len(rows), width), -100)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (ids, prompt_len) in enumerate(rows):
+            input_ids[r, : len(ids)] = torch.tensor(ids)
+            labels[r, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+            mask[r, : len(ids)] = 1
+        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
+        )
+        counted = targets != -100
+        results.extend(
+            (float(nll[r][counted[r]].sum()), int(counted[r].sum())) for r in range(len(rows))
+        )
+    return results
+
+
+def time_single_requests(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int
+) -> list[Generation]:
+    """Each conversation answered alone, as one API request would be: for latency."""
+    return [generate_answers(model, tokenizer, [c], max_new_tokens, batch_size=1) for c in conversations]

@@ -138,24 +138,68 @@ class QADataset(BaseModel):
 class TrainedModel(BaseModel):
     method: str
     base_model_dir: str
-    adapter_dir: str
-    merged_dir: str
+    adapter_dir: str | None = Field(description="The LoRA adapter; None for full fine-tuning.")
+    merged_dir: str = Field(description="The full model that is evaluated and served.")
     model_uri: str = Field(description="MLflow URI of the logged merged model.")
     mlflow_run_id: str
     train_loss: float
     steps: int
     seconds: float
+    best_val_loss: float | None = None
+    history: list[dict[str, float]] = Field(
+        default_factory=list, description="The trainer's log: per-step loss, val loss, learning rate."
+    )
 
 
 class EvalRow(BaseModel):
     question: str
     reference: str
     source: str
+    kind: str = ""
     answers: dict[str, str] = Field(description="Model label -> generated answer.")
+
+
+class Interval(BaseModel):
+    """A difference `a - b`, signed so that positive means a is better, with its paired
+    bootstrap confidence interval."""
+
+    metric: str
+    a: str
+    b: str
+    value_a: float
+    value_b: float
+    gain: float
+    low: float
+    high: float
+    confidence: float
+
+
+class PairwiseResult(BaseModel):
+    """LLM-judge preferences between two models, each question asked in both orders.
+    A question counts as a win only when the judge prefers the same answer both times."""
+
+    a: str
+    b: str
+    wins: int
+    losses: int
+    ties: int
+    inconsistent: int = Field(description="Ties caused by the judge flipping with the order.")
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.losses + self.ties
 
 
 class EvalReport(BaseModel):
     metrics: dict[str, dict[str, float]] = Field(description="Model label -> metric -> value.")
+    comparisons: list[Interval] = Field(
+        default_factory=list, description="Candidate minus base, per metric, with bootstrap CIs."
+    )
+    by_source: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Source -> 'n' and model label -> primary metric on its questions."
+    )
+    pairwise: PairwiseResult | None = None
+    general: list[EvalRow] = Field(default_factory=list, description="Forgetting-guard answers.")
     rows: list[EvalRow]
 
 
@@ -174,3 +218,6 @@ class PromotionDecision(BaseModel):
     production: float | None = None
     production_version: str | None = None
     version: str
+    versus_base: Interval | None = None
+    versus_production: Interval | None = None
+    general_drop: float | None = Field(default=None, description="Base minus candidate general-QA accuracy.")

@@ -1,6 +1,17 @@
-import pytest
+import math
 
-from steps.evaluate import metrics_table, normalize_answer, score, token_f1
+import numpy as np
+import pytest
+import sacrebleu
+import torch
+
+from qaforge.metrics import (
+    compare, contains_any, is_refusal, normalize_answer, paired_bootstrap, score_answers, token_f1,
+)
+from qaforge.modeling import load_for_inference, reference_nll
+from qaforge.prompting import build_messages, render_prompt
+from qaforge.records import Interval
+from steps.evaluate import metrics_table
 from steps.promote import decide
 
 
@@ -14,7 +25,7 @@ def test_token_f1_by_hand() -> None:
 
 def test_identical_answers_score_perfectly() -> None:
     refs = ["Level 2 uses 240 V.", "A CCS2 inlet takes AC and DC."]
-    metrics = score(refs, refs)
+    metrics = score_answers(refs, refs).summary()
     for name in ("rouge1", "rouge2", "rougeL", "token_f1", "exact_match"):
         assert metrics[name] == pytest.approx(1.0)
     assert metrics["bleu"] == pytest.approx(100.0)
@@ -23,32 +34,98 @@ def test_identical_answers_score_perfectly() -> None:
 
 def test_rouge1_by_hand() -> None:
     # unigram overlap 2 of 3 predicted and 2 of 4 reference tokens: F = 2*(2/3)*(1/2)/(2/3+1/2)
-    metrics = score(["charger needs power"], ["the charger needs electricity"])
+    metrics = score_answers(["charger needs power"], ["the charger needs electricity"]).summary()
     assert metrics["rouge1"] == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))
     assert metrics["answer_words"] == 3
 
 
-def test_score_rejects_mismatched_lists() -> None:
-    with pytest.raises(ValueError, match="equal, non-zero"):
-        score(["a"], [])
+def test_resampled_bleu_and_chrf_equal_sacrebleu_on_the_same_subset() -> None:
+    preds = ["Level 2 uses 240 volts.", "OCPP links chargers to servers.", "It is a plug.", "DC is fast."]
+    refs = ["Level 2 uses 240 V.", "OCPP links a charger to its back office.", "CCS is a plug.", "DC charging is fast."]
+    scored = score_answers(preds, refs)
+    idx = np.array([0, 0, 2, 3])
+    subset_p, subset_r = [preds[i] for i in idx], [refs[i] for i in idx]
+    assert scored.value("bleu", idx) == pytest.approx(sacrebleu.corpus_bleu(subset_p, [subset_r]).score)
+    assert scored.value("chrf", idx) == pytest.approx(sacrebleu.corpus_chrf(subset_p, [subset_r]).score)
+
+
+def test_perplexity_pools_tokens_by_hand() -> None:
+    scored = score_answers(["a", "b"], ["a", "b"], nll=[(2.0, 1), (4.0, 3)])
+    assert scored.value("perplexity") == pytest.approx(math.exp(6.0 / 4))
+    assert scored.value("perplexity", np.array([1, 1])) == pytest.approx(math.exp(8.0 / 6))
+
+
+def test_reference_nll_equals_the_models_own_loss(base_model_dir) -> None:  # noqa: ANN001
+    model, tokenizer = load_for_inference(base_model_dir)
+    messages = build_messages("What does Level 2 use?", "Be brief.")
+    answer = "Level 2 uses 240 V."
+    [(nll, tokens)] = reference_nll(model, tokenizer, [messages], [answer])
+    prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    target = tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    labels = torch.cat([torch.full_like(prompt, -100), target], dim=1)
+    with torch.no_grad():
+        loss = model(input_ids=torch.cat([prompt, target], dim=1), labels=labels).loss
+    assert tokens == target.shape[1]
+    assert nll / tokens == pytest.approx(float(loss), rel=1e-4)
+    # Batched with a longer conversation (padding) gives the same numbers.
+    longer = build_messages("Explain in detail how a Level 2 charger works at home?", "Be brief.")
+    (nll_batched, _), _ = reference_nll(model, tokenizer, [messages, longer], [answer, answer])
+    assert nll_batched == pytest.approx(nll, rel=1e-4)
+
+
+def test_bootstrap_interval_on_known_data() -> None:
+    base = np.zeros(50)
+    shifted = paired_bootstrap("x", lambda i: (base[i] + 0.5).mean(), lambda i: base[i].mean(), 50)
+    assert (shifted.gain, shifted.low, shifted.high) == pytest.approx((0.5, 0.5, 0.5))
+    # Differences with mean 0.3 and sd 1 over 400 questions: the 95% interval is about
+    # 0.3 +- 1.96 / sqrt(400) = [0.20, 0.40] around the sample mean.
+    diff = np.random.default_rng(1).normal(0.3, 1.0, 400)
+    noisy = paired_bootstrap("x", lambda i: diff[i].mean(), lambda i: 0.0, 400, samples=2000)
+    assert noisy.low < diff.mean() < noisy.high
+    assert noisy.high - noisy.low == pytest.approx(2 * 1.96 * diff.std() / 20, rel=0.15)
+    assert noisy.low > 0
+
+
+def test_lower_perplexity_counts_as_a_gain() -> None:
+    candidate = score_answers(["x", "y"], ["x", "y"], nll=[(1.0, 1), (1.0, 1)])
+    base = score_answers(["x", "y"], ["x", "y"], nll=[(3.0, 1), (3.0, 1)])
+    [ppl] = [c for c in compare(candidate, base, ("candidate", "base"), 200, 0.95) if c.metric == "perplexity"]
+    assert ppl.gain == pytest.approx(math.e**3 - math.e) and ppl.low > 0
+
+
+def test_refusals_and_accepted_answers() -> None:
+    assert is_refusal("I don't know: the documents I was trained on do not cover that.")
+    assert not is_refusal("Level 2 uses 240 V.")
+    assert contains_any("The capital of France is Paris.", ["Paris"])
+    assert not contains_any("Parisian cafes are nice.", ["Paris"])
+    assert contains_any("It has 8 legs.", ["8 legs", "eight"])
 
 
 def test_metrics_table_lists_every_model() -> None:
-    table = metrics_table({"base": {"rougeL": 0.2}, "candidate": {"rougeL": 0.35}})
-    assert table.splitlines()[1].split() == ["rougeL", "0.2000", "0.3500"]
+    table = metrics_table({"candidate": {"rougeL": 0.35, "judge": 4.1}, "base": {"rougeL": 0.2}})
+    assert table.splitlines()[1].split() == ["rougeL", "0.3500", "0.2000"]
+    assert table.splitlines()[2].split() == ["judge", "4.1000"]
+
+
+def interval(low: float, high: float, a: float = 0.40, b: float = 0.30) -> Interval:
+    return Interval(metric="rougeL", a="candidate", b="base", value_a=a, value_b=b, gain=a - b,
+                    low=low, high=high, confidence=0.95)
 
 
 @pytest.mark.parametrize(
-    ("candidate", "base", "production", "margin", "promoted", "reason"),
+    ("base", "production", "margin", "drop", "promoted", "reason"),
     [
-        (0.40, 0.30, None, 0.0, True, "beats base 0.3000"),
-        (0.30, 0.30, None, 0.0, False, "does not beat base"),
-        (0.32, 0.30, None, 0.05, False, "by more than 0.05"),
-        (0.40, 0.30, 0.45, 0.0, False, "does not beat production v3"),
-        (0.50, 0.30, 0.45, 0.0, True, "and production v3 0.4500"),
+        (interval(0.05, 0.15), None, 0.0, None, True, "gain over base 95% CI [+0.0500, +0.1500] above 0.0"),
+        (interval(-0.01, 0.2), None, 0.0, None, False, "gain over base +0.1000 (95% CI [-0.0100, +0.2000])"),
+        (interval(0.03, 0.15), None, 0.05, None, False, "has a lower bound not above 0.05"),
+        (interval(0.05, 0.15), interval(-0.02, 0.04, 0.40, 0.39), 0.0, None, False, "over production v3 +0.0100"),
+        (interval(0.05, 0.15), interval(0.01, 0.04, 0.40, 0.38), 0.0, None, True, "over production [+0.0100"),
+        (interval(0.05, 0.15), None, 0.0, 0.2, False, "general-QA accuracy dropped by 0.2000, more than 0.1"),
+        (interval(0.05, 0.15), None, 0.0, 0.05, True, "general-QA accuracy change -0.0500"),
     ],
 )
-def test_gate_decisions(candidate, base, production, margin, promoted, reason) -> None:  # noqa: ANN001
-    decision = decide("rougeL", candidate, base, production, margin, version="4", production_version="3")
+def test_gate_decisions(base, production, margin, drop, promoted, reason) -> None:  # noqa: ANN001
+    decision = decide(base, production, margin, "4", "3", general_drop=drop, max_general_drop=0.1)
     assert decision.promoted is promoted
     assert reason in decision.reason
+    assert decision.reason.startswith("rougeL 0.4000 vs base 0.3000")

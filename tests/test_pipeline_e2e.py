@@ -73,10 +73,46 @@ def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
     assert run.data.metrics["eval/candidate/rougeL"] > run.data.metrics["eval/base/rougeL"]
     assert run.data.params["training.method"] == "qlora"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2, "per-step loss logged"
-    assert "eval/answers.json" in {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert len(client.get_metric_history(run.info.run_id, "val/loss")) >= 1, "val loss logged"
+    metrics = run.data.metrics
+    assert metrics["train/tokens_per_s"] > 0 and metrics["train/peak_memory_mb"] > 0
+    assert any(name.startswith("system/cpu") for name in metrics), "system metrics logged"
+    assert metrics["eval/gain/rougeL_low"] > 0, "promoted only with the CI lower bound above 0"
+    for name in ("perplexity", "latency_p95_ms", "general_accuracy"):
+        assert metrics[f"eval/candidate/{name}"] > 0 and metrics[f"eval/base/{name}"] > 0
+    assert {"eval/answers.json", "eval/general.json", "eval/report.json"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id, "eval")
+    }
+    assert {"report/report.html", "report/report.md", "report/metrics.png", "report/loss.png"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id, "report")
+    }
+    assert client.list_artifacts(run.info.run_id, "adapter"), "adapter logged"
     assert "ingest/report.json" in {a.path for a in client.list_artifacts(run.info.run_id, "ingest")}
     assert run.data.metrics["ingest/changes/added"] == run.data.metrics["ingest/documents"] > 0
     assert run.data.tags["promotion.promoted"] == "True"
+    report = next((project / "reports").glob("*/report.html")).read_text()
+    assert "candidate" in report and "data:image/png;base64," in report
+
+
+def test_rollback_swaps_production_and_previous(project: Path, first_run: str) -> None:
+    info = _run("qaforge", "info", "-c", "run.yaml", cwd=project)
+    client = mlflow.MlflowClient(re.search(r"MLflow tracking URI: (\S+)", info)[1])
+    failed = subprocess.run(
+        [str(BIN / "qaforge"), "rollback", "-c", "run.yaml"], cwd=project, capture_output=True, text=True
+    )
+    assert failed.returncode == 1 and "no version with alias @previous" in failed.stderr
+    # A second version promoted over v1, as a better run would be.
+    v1 = client.get_model_version("qaforge-smoke", "1")
+    v2 = client.create_model_version("qaforge-smoke", v1.source, run_id=v1.run_id)
+    client.set_registered_model_alias("qaforge-smoke", "previous", "1")
+    client.set_registered_model_alias("qaforge-smoke", "production", v2.version)
+    try:
+        out = _run("qaforge", "rollback", "-c", "run.yaml", cwd=project)
+        assert "models:/qaforge-smoke@production = v1; @previous = v2" in out
+        assert client.get_model_version_by_alias("qaforge-smoke", "production").version == "1"
+        assert client.get_model_version_by_alias("qaforge-smoke", "previous").version == "2"
+    finally:  # leave v1 serving for the other tests
+        client.set_registered_model_alias("qaforge-smoke", "production", "1")
 
 
 def test_second_run_is_served_from_cache(project: Path, first_run: str) -> None:

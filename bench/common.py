@@ -1,0 +1,43 @@
+"""The embedded default's data for benchmarks: configs/default.yaml's sources,
+ingested, chunked and turned into QA pairs, outside ZenML."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from qaforge.config import QAForgeConfig, load_config
+from qaforge.modeling import load_tokenizer, resolve_base_model
+from qaforge.records import ChunkSet, QADataset
+from steps.chunk import chunk_corpus
+from steps.ingest import ingest
+from steps.synthesize import synthesize
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_config() -> QAForgeConfig:
+    """configs/default.yaml with its relative paths taken from the repository root."""
+    cfg = load_config(REPO / "configs" / "default.yaml")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"cache_dir": REPO / cfg.model.cache_dir})})
+
+
+def default_chunks(cfg: QAForgeConfig) -> ChunkSet:
+    logging.disable(logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        sources = cfg.sources.model_copy(
+            update={
+                "web": [w.model_copy(update={"serve_dir": REPO / w.serve_dir}) for w in cfg.sources.web],
+                "files": [REPO / f for f in cfg.sources.files],
+                "state_dir": Path(tmp),
+            }
+        )
+        corpus, _ = ingest(sources)
+    logging.disable(logging.NOTSET)
+    tokenizer = load_tokenizer(resolve_base_model(cfg.model))
+    return chunk_corpus(corpus, tokenizer, cfg.chunking.max_tokens)
+
+
+def default_dataset(cfg: QAForgeConfig) -> QADataset:
+    return synthesize(default_chunks(cfg), cfg.synthesis)

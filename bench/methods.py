@@ -1,0 +1,67 @@
+"""QLoRA vs LoRA vs full fine-tuning on the default corpus: each trained with the
+default config's steps and batch, then scored against the base model on the held-out
+test split (bootstrap 95% CIs), reported as gain per minute of training.
+
+    python bench/methods.py [--steps 40] [--methods qlora lora full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from common import default_config, default_dataset
+
+from qaforge.modeling import resolve_base_model
+from steps.evaluate import evaluate, metrics_table, test_pairs
+from steps.train import fit, merge_adapter, sft_dataset
+
+# Full fine-tuning moves every weight: the LoRA learning rate would wreck the model.
+LEARNING_RATES = {"full": 3e-5}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--methods", nargs="+", default=["qlora", "lora", "full"])
+    args = parser.parse_args()
+    config = default_config()
+    data = default_dataset(config)
+    base_dir = resolve_base_model(config.model)
+    evaluation = config.evaluation
+    metric = evaluation.primary_metric
+    rows = []
+    for method in args.methods:
+        cfg = config.training.model_copy(
+            update={"method": method, "max_steps": args.steps or config.training.max_steps}
+            | ({"learning_rate": LEARNING_RATES[method]} if method in LEARNING_RATES else {})
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            start = time.perf_counter()
+            result = fit(
+                sft_dataset(data.train, config.prompt.system_prompt),
+                sft_dataset(data.val, config.prompt.system_prompt),
+                base_dir,
+                cfg,
+                work,
+            )
+            model_dir = result.model_dir if method == "full" else merge_adapter(base_dir, result.model_dir, work / "merged")
+            minutes = (time.perf_counter() - start) / 60
+            report = evaluate({method: str(model_dir), "base": base_dir}, test_pairs(data, evaluation), config.prompt, evaluation)
+        print(metrics_table(report.metrics), flush=True)
+        gain = next(c for c in report.comparisons if c.metric == metric)
+        general = next((c for c in report.comparisons if c.metric == "general_accuracy"), None)
+        rows.append((method, cfg.learning_rate, result.steps, minutes, result.best_val_loss, gain, general))
+    print(f"\n{'method':<7}{'lr':>8}{'steps':>6}{'train min':>10}{'best val':>9}{metric:>9}"
+          f"{'gain [95% CI]':>27}{'gain/min':>9}{'general Δ':>10}")
+    for method, lr, steps, minutes, val, gain, general in rows:
+        interval = f"{gain.gain:+.4f} [{gain.low:+.4f}, {gain.high:+.4f}]"
+        print(f"{method:<7}{lr:>8.0e}{steps:>6}{minutes:>10.1f}{val or float('nan'):>9.4f}{gain.value_a:>9.4f}"
+              f"{interval:>27}{gain.gain / minutes:>9.4f}{general.gain if general else float('nan'):>+10.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The general (not domain) data shipped with qaforge: replay examples mixed into
+training, and the held-out general questions of the forgetting guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, Field, ValidationError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class ReplayExample(BaseModel):
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+
+
+class GeneralQuestion(BaseModel):
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    accept: list[str] = Field(min_length=1, description="Short answers, any of which counts as correct.")
+    topic: str = ""
+
+
+def read_jsonl(path: Path, schema: type[T]) -> list[T]:
+    """Every line of a JSONL file as `schema`; a bad line is named with its number."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(schema.model_validate_json(line))
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(map(str, problem["loc"])) or "line"
+            raise ValueError(f"{path}:{number}: {where}: {problem['msg']}") from None
+    if not records:
+        raise ValueError(f"{path}: no records")
+    return records

@@ -1,0 +1,126 @@
+"""LLM-as-judge over an OpenAI-compatible endpoint.
+
+Rubric mode scores one answer 1-5 on each criterion (the MyCoach rubric by default).
+Pairwise mode asks which of two answers is better, once in each order: a judge that
+favours the first (or second) position then cancels out instead of deciding.
+Replies are JSON validated by pydantic, with repairs, through `ChatClient`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Literal
+
+from pydantic import BaseModel, Field, create_model
+from tqdm import tqdm
+
+from qaforge.chat_client import ChatClient, Usage
+from qaforge.config import JudgeConfig
+from qaforge.records import PairwiseResult
+
+log = logging.getLogger(__name__)
+
+RUBRIC_PROMPT = """You grade an assistant's answer to a question about a domain's documents.
+Question: {question}
+Reference answer (from the documents): {reference}
+Assistant's answer: {answer}
+
+Score the assistant's answer from 1 (very poor) to 5 (excellent) on each criterion: {criteria}.
+Judge facts against the reference answer. Reply with a JSON object only, mapping each criterion
+to an integer score, for example {example}."""
+
+PAIRWISE_PROMPT = """Two assistants answered a question about a domain's documents.
+Question: {question}
+Reference answer (from the documents): {reference}
+Answer A: {answer_a}
+Answer B: {answer_b}
+
+Which answer is better: more correct against the reference, complete, clear and to the point?
+Reply with a JSON object only: {{"better": "A"}}, {{"better": "B"}} or {{"better": "tie"}}."""
+
+
+class Preference(BaseModel):
+    better: Literal["A", "B", "tie"]
+
+
+def rubric_schema(criteria: list[str]) -> type[BaseModel]:
+    """A schema requiring every criterion, each an integer 1-5."""
+    return create_model("RubricScores", **{c: (int, Field(ge=1, le=5)) for c in criteria})
+
+
+def _run(jobs: list, cfg: JudgeConfig, desc: str) -> tuple[list, Usage]:
+    """Run (messages, schema) jobs concurrently; results in job order."""
+    usage = Usage()
+
+    async def run() -> list:
+        client = ChatClient(cfg, usage)
+        semaphore = asyncio.Semaphore(cfg.concurrency)
+        progress = tqdm(total=len(jobs), desc=desc, unit="request")
+
+        async def one(messages: list[dict[str, str]], schema: type[BaseModel]) -> BaseModel:
+            async with semaphore:
+                try:
+                    return await client.ask(messages, schema)
+                finally:
+                    progress.update()
+
+        try:
+            return await asyncio.gather(*(one(m, s) for m, s in jobs))
+        finally:
+            progress.close()
+            await client.aclose()
+
+    return asyncio.run(run()), usage
+
+
+def rubric_scores(
+    questions: list[str], references: list[str], answers: list[str], cfg: JudgeConfig
+) -> list[dict[str, int]]:
+    """Each answer's score per criterion."""
+    schema = rubric_schema(cfg.criteria)
+    example = json.dumps({c: 4 for c in cfg.criteria})
+    jobs = [
+        (
+            [{"role": "user", "content": RUBRIC_PROMPT.format(
+                question=q, reference=r, answer=a, criteria=", ".join(cfg.criteria), example=example
+            )}],
+            schema,
+        )
+        for q, r, a in zip(questions, references, answers)
+    ]
+    replies, usage = _run(jobs, cfg, "judge rubric")
+    log.info("judge rubric: %d requests, %d repairs", usage.requests, usage.repairs)
+    return [reply.model_dump() for reply in replies]
+
+
+def pairwise(
+    questions: list[str],
+    references: list[str],
+    answers_a: list[str],
+    answers_b: list[str],
+    cfg: JudgeConfig,
+    labels: tuple[str, str] = ("candidate", "base"),
+) -> PairwiseResult:
+    """Ask each question with a's answer first, then with b's first."""
+    jobs = []
+    for q, r, a, b in zip(questions, references, answers_a, answers_b):
+        for first, second in ((a, b), (b, a)):
+            prompt = PAIRWISE_PROMPT.format(question=q, reference=r, answer_a=first, answer_b=second)
+            jobs.append(([{"role": "user", "content": prompt}], Preference))
+    replies, usage = _run(jobs, cfg, "judge pairwise")
+    log.info("judge pairwise: %d requests, %d repairs", usage.requests, usage.repairs)
+    wins = losses = ties = inconsistent = 0
+    for a_first, b_first in zip(replies[::2], replies[1::2]):
+        # Map both verdicts to "which model", undoing the swap of the second.
+        first = {"A": "a", "B": "b", "tie": "tie"}[a_first.better]
+        second = {"A": "b", "B": "a", "tie": "tie"}[b_first.better]
+        if first == second == "a":
+            wins += 1
+        elif first == second == "b":
+            losses += 1
+        else:
+            ties += 1
+            inconsistent += first != second and "tie" not in (first, second)
+    return PairwiseResult(a=labels[0], b=labels[1], wins=wins, losses=losses, ties=ties, inconsistent=inconsistent)

@@ -1,0 +1,165 @@
+"""Answer-quality metrics, per example where they can be, and paired bootstrap
+confidence intervals for the difference between two models on the same questions.
+
+ROUGE via rouge-score; BLEU and chrF via sacrebleu (0-100 scale), resampled the way
+sacrebleu's own paired bootstrap does it, from per-sentence statistics; SQuAD-style
+token F1 and exact match; perplexity of the reference answers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from rouge_score import rouge_scorer
+from sacrebleu.metrics import BLEU, CHRF
+
+from qaforge.records import Interval
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+# What a model says when it declines: the trained refusal and the usual phrasings.
+_REFUSAL = re.compile(
+    r"\b(i (do not|don't|cannot|can't) (know|answer|say|help)|(do|does) not cover|not (covered|mentioned) in"
+    r"|no information|not sure)\b",
+    re.IGNORECASE,
+)
+PER_EXAMPLE = ("rouge1", "rouge2", "rougeL", "token_f1", "exact_match", "answer_words")
+CORPUS = {"bleu": BLEU(), "chrf": CHRF()}
+# Metrics where lower is better; every gain below is "candidate minus other", signed so higher is better.
+LOWER_IS_BETTER = frozenset({"perplexity"})
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalization: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    predicted, expected = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    overlap = sum((Counter(predicted) & Counter(expected)).values())
+    if not predicted or not expected or not overlap:
+        return float(predicted == expected)
+    precision, recall = overlap / len(predicted), overlap / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def is_refusal(answer: str) -> bool:
+    return bool(_REFUSAL.search(answer))
+
+
+def contains_any(answer: str, accepted: list[str]) -> bool:
+    """Whether the answer states one of the accepted short answers (style-independent)."""
+    text = f" {normalize_answer(answer)} "
+    return any(f" {normalize_answer(a)} " in text for a in accepted)
+
+
+@dataclass
+class Scored:
+    """One model's answers to a question set, scored per example, so any metric can be
+    computed on any resample of the questions."""
+
+    predictions: list[str]
+    references: list[str]
+    per_example: dict[str, np.ndarray]
+    corpus_stats: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        names = [n for n in self.per_example if not n.startswith("_")] + list(self.corpus_stats)
+        return names + (["perplexity"] if "_nll" in self.per_example else [])
+
+    def value(self, name: str, idx: np.ndarray | None = None) -> float:
+        idx = np.arange(len(self.predictions)) if idx is None else idx
+        if name in self.corpus_stats:
+            return float(CORPUS[name]._compute_score_from_stats(self.corpus_stats[name][idx].sum(0)).score)
+        if name == "perplexity":
+            return math.exp(self.per_example["_nll"][idx].sum() / max(self.per_example["_tokens"][idx].sum(), 1))
+        return float(self.per_example[name][idx].mean())
+
+    def summary(self) -> dict[str, float]:
+        return {name: self.value(name) for name in self.names}
+
+
+def score_answers(
+    predictions: list[str], references: list[str], nll: list[tuple[float, int]] | None = None
+) -> Scored:
+    """Per-example ROUGE, token F1, exact match and length, sentence statistics for
+    BLEU and chrF, and, given each reference's (summed NLL, tokens), perplexity."""
+    if not predictions or len(predictions) != len(references):
+        raise ValueError(
+            f"need equal, non-zero numbers of predictions ({len(predictions)}) "
+            f"and references ({len(references)})"
+        )
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    rouge = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
+    per_example = {name: np.array([r[name].fmeasure for r in rouge]) for name in ("rouge1", "rouge2", "rougeL")}
+    pairs = list(zip(predictions, references))
+    per_example["token_f1"] = np.array([token_f1(p, r) for p, r in pairs])
+    per_example["exact_match"] = np.array([float(normalize_answer(p) == normalize_answer(r)) for p, r in pairs])
+    per_example["answer_words"] = np.array([float(len(p.split())) for p in predictions])
+    if nll is not None:
+        per_example["_nll"] = np.array([n for n, _ in nll])
+        per_example["_tokens"] = np.array([t for _, t in nll])
+    corpus_stats = {
+        name: np.array(metric._extract_corpus_statistics(predictions, [references]))
+        for name, metric in CORPUS.items()
+    }
+    return Scored(predictions, references, per_example, corpus_stats)
+
+
+def paired_bootstrap(
+    metric: str,
+    a: Callable[[np.ndarray], float],
+    b: Callable[[np.ndarray], float],
+    n: int,
+    labels: tuple[str, str] = ("candidate", "base"),
+    samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Resample the n questions with replacement, score both models on each resample
+    and take the percentile interval of the difference."""
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    everything = np.arange(n)
+    rng = np.random.default_rng(seed)
+    gains = np.array([sign * (a(idx) - b(idx)) for idx in rng.integers(0, n, size=(samples, n))])
+    tail = (1 - confidence) / 2 * 100
+    value_a, value_b = a(everything), b(everything)
+    return Interval(
+        metric=metric,
+        a=labels[0],
+        b=labels[1],
+        value_a=value_a,
+        value_b=value_b,
+        gain=sign * (value_a - value_b),
+        low=float(np.percentile(gains, tail)),
+        high=float(np.percentile(gains, 100 - tail)),
+        confidence=confidence,
+    )
+
+
+def compare(
+    a: Scored, b: Scored, labels: tuple[str, str], samples: int, confidence: float, seed: int = 0
+) -> list[Interval]:
+    """Every metric both models have, as `a - b` with a confidence interval."""
+    n = len(a.predictions)
+    return [
+        paired_bootstrap(
+            name,
+            lambda idx, name=name: a.value(name, idx),
+            lambda idx, name=name: b.value(name, idx),
+            n,
+            labels,
+            samples,
+            confidence,
+            seed,
+        )
+        for name in a.names
+        if name in b.names and name != "answer_words"
+    ]

@@ -1,0 +1,158 @@
+"""Real training runs on the tiny default model: each method lowers the loss, QLoRA's
+gradients match a full-precision reference, and a killed run resumes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bitsandbytes as bnb
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from qaforge.config import GENERAL_DATA, ReplayConfig, TrainingConfig
+from qaforge.general_data import GeneralQuestion, ReplayExample, read_jsonl
+from qaforge.records import QAPair
+from steps.train import fit, load_trainable_model, replay_sample, sft_dataset
+
+from conftest import REPO
+
+FACTS = [
+    ("What is the depot code?", "The depot code is blue heron 42."),
+    ("Which connector does bay 3 use?", "Bay 3 uses the CCS2 connector."),
+    ("When do the night tariffs start?", "The night tariffs start at 23:00."),
+    ("Who maintains the chargers?", "The chargers are maintained by Voltcare."),
+]
+
+
+def pairs(n: int = 16) -> list[QAPair]:
+    return [
+        QAPair(question=q, answer=a, chunk_id="c", doc_id="d", source="s", kind="fact", grounding=1.0)
+        for q, a in (FACTS * n)[:n]
+    ]
+
+
+def small_config(method: str, **overrides: object) -> TrainingConfig:
+    settings = {
+        "method": method, "max_steps": 6, "batch_size": 4, "max_length": 96, "logging_steps": 1, "warmup_steps": 0,
+        "learning_rate": 1e-4 if method == "full" else 2e-3, "eval_steps": 3, "save_steps": 3,
+        "early_stopping_patience": 2,
+    }
+    return TrainingConfig(**settings | overrides)
+
+
+@pytest.mark.parametrize("method", ["qlora", "lora", "full"])
+def test_each_method_lowers_train_and_val_loss(base_model_dir, tmp_path, method) -> None:  # noqa: ANN001
+    data = sft_dataset(pairs(), "Answer about the depot.")
+    result = fit(data, sft_dataset(pairs(4), "Answer about the depot."), base_model_dir, small_config(method), tmp_path)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    val = [h["eval_loss"] for h in result.history if "eval_loss" in h]
+    assert result.steps == 6 and len(losses) == 6 and len(val) == 2
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert val[-1] < val[0] and result.best_val_loss == min(val)
+    saved = {p.name for p in result.model_dir.iterdir()}
+    assert ("model.safetensors" if method == "full" else "adapter_model.safetensors") in saved
+
+
+def test_packing_trains_on_the_same_examples(base_model_dir, tmp_path) -> None:  # noqa: ANN001
+    result = fit(sft_dataset(pairs(), None), None, base_model_dir, small_config("lora", packing=True), tmp_path)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert losses[-1] < losses[0] * 0.8, losses
+
+
+def lora_gradients(model: torch.nn.Module, batch: dict, autocast: bool) -> torch.Tensor:
+    torch.manual_seed(0)
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(0)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:  # B starts at zero, which would leave A without gradient
+            with torch.no_grad():
+                param.copy_(0.01 * torch.randn(param.shape, generator=generator))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        peft_model(**batch, labels=batch["input_ids"]).loss.backward()
+    return torch.cat([p.grad.flatten().float() for p in peft_model.parameters() if p.requires_grad])
+
+
+def test_qlora_gradients_match_a_full_precision_reference(base_model_dir, tokenizer) -> None:  # noqa: ANN001
+    """The reference is fp32 over the same NF4-dequantized weights, so the only
+    difference left is the 4-bit kernels and bf16 compute."""
+    batch = tokenizer([f"{q} {a}" for q, a in FACTS[:2]], return_tensors="pt", padding=True)
+    reference = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    quantized = dict(load_trainable_model(base_model_dir, "qlora").named_modules())
+    for name, module in reference.named_modules():
+        if isinstance(quantized.get(name), bnb.nn.Linear4bit):
+            weight = quantized[name].weight
+            with torch.no_grad():
+                module.weight.copy_(bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float())
+    expected = lora_gradients(reference, batch, autocast=False)
+    qlora = lora_gradients(load_trainable_model(base_model_dir, "qlora"), batch, autocast=True)
+    cosine = torch.nn.functional.cosine_similarity(qlora, expected, dim=0)
+    assert cosine > 0.99 and (qlora - expected).norm() / expected.norm() < 0.1
+    # The bug DESIGN.md warns about: inference before training repacks the 4-bit weights.
+    used = load_trainable_model(base_model_dir, "qlora")
+    with torch.no_grad():
+        used(**batch)
+    assert torch.nn.functional.cosine_similarity(lora_gradients(used, batch, True), expected, dim=0) < 0.9
+
+
+RESUMABLE = {"max_steps": 16, "save_steps": 2, "eval_steps": None, "early_stopping_patience": None}
+KILLED_RUN = """
+import sys
+from pathlib import Path
+sys.path[:0] = [{repo!r}, {tests!r}]
+from test_training import RESUMABLE, pairs, small_config
+from steps.train import fit, sft_dataset
+fit(sft_dataset(pairs(), None), None, {base!r}, small_config("lora", **RESUMABLE), Path({work!r}))
+"""
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(base_model_dir, tmp_path, caplog) -> None:  # noqa: ANN001
+    work = tmp_path / "killed"
+    script = KILLED_RUN.format(repo=str(REPO), tests=str(REPO / "tests"), base=base_model_dir, work=str(work))
+    process = subprocess.Popen([sys.executable, "-c", script], env=os.environ, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (work / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists():
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint written"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in (work / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and checkpoints[-1] < 16, "killed before the end"
+    config = small_config("lora", **RESUMABLE)
+    with caplog.at_level(logging.INFO, logger="steps.train"):
+        resumed = fit(sft_dataset(pairs(), None), None, base_model_dir, config, work)
+    assert f"resuming training from {work / 'checkpoints' / f'checkpoint-{checkpoints[-1]}'}" in caplog.text
+    # The same run without the kill ends with the same weights.
+    straight = fit(sft_dataset(pairs(), None), None, base_model_dir, config, tmp_path / "straight")
+    assert resumed.steps == straight.steps == 16
+    got, expected = (load_file(r.model_dir / "adapter_model.safetensors") for r in (resumed, straight))
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-6)
+
+
+def test_replay_sample_is_sized_seeded_and_disjoint_from_the_guard_set() -> None:
+    cfg = ReplayConfig(ratio=0.5)
+    sample = replay_sample(cfg, 300, seed=1)
+    assert len(sample) == 150 and sample == replay_sample(cfg, 300, seed=1)
+    pool = read_jsonl(cfg.path, ReplayExample)
+    assert len({r.question for r in sample}) == min(150, len(pool))
+    guard = {q.question.lower() for q in read_jsonl(GENERAL_DATA / "general_qa.jsonl", GeneralQuestion)}
+    assert not guard & {r.question.lower() for r in pool}
+
+
+def test_bad_jsonl_line_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "replay.jsonl"
+    path.write_text('{"question": "q", "answer": "a"}\n{"question": "q2"}\n')
+    with pytest.raises(ValueError, match=r"replay.jsonl:2: answer: Field required"):
+        read_jsonl(path, ReplayExample)
