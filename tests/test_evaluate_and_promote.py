@@ -129,3 +129,20 @@ def test_gate_decisions(base, production, margin, drop, promoted, reason) -> Non
     assert decision.promoted is promoted
     assert reason in decision.reason
     assert decision.reason.startswith("rougeL 0.4000 vs base 0.3000")
+
+
+def test_by_source_scores_each_source_on_its_own_questions() -> None:
+    from qaforge.records import QAPair
+    from steps.evaluate import by_source
+
+    questions = [
+        QAPair(question=f"q{i}", answer="a", chunk_id="c", doc_id="d", source=src, kind="fact", grounding=1.0)
+        for i, src in enumerate(["a.pdf", "b.html", "a.pdf"])
+    ]
+    refs = ["Level 2 uses 240 V.", "OCPP is a protocol.", "CCS is a plug."]
+    scored = {
+        "candidate": score_answers(refs, refs),
+        "base": score_answers(["Level 2 uses 240 V.", "nothing", "nothing"], refs),
+    }
+    table = by_source(questions, scored, "exact_match")
+    assert table == {"a.pdf": {"n": 2, "candidate": 1.0, "base": 0.5}, "b.html": {"n": 1, "candidate": 1.0, "base": 0.0}}

@@ -6,8 +6,12 @@ from __future__ import annotations
 import json
 import re
 
-from qaforge.config import JudgeConfig
+import pytest
+
+from qaforge.config import EvaluationConfig, JudgeConfig
 from qaforge.judge import pairwise, rubric_scores
+from qaforge.records import EvalReport, EvalRow
+from steps.evaluate import judge
 
 from fixture_site import chat_completion, serve_chat
 
@@ -63,3 +67,29 @@ def test_pairwise_cancels_a_judge_that_always_picks_the_first_answer() -> None:
     with serve_chat(always_a) as url:
         result = pairwise(QUESTIONS, REFERENCES, LONG, SHORT, judge_config(url))
     assert (result.wins, result.losses, result.ties, result.inconsistent) == (0, 0, 3, 3)
+
+
+def test_evaluation_adds_judge_scores_intervals_and_preferences() -> None:
+    rows = [
+        EvalRow(question=q, reference=r, source="s", answers={"candidate": long, "base": short})
+        for q, r, long, short in zip(QUESTIONS, REFERENCES, LONG, SHORT)
+    ]
+    report = EvalReport(metrics={"candidate": {"rougeL": 0.5}, "base": {"rougeL": 0.4}}, rows=rows)
+
+    def by_length(body: dict) -> tuple[int, dict]:
+        prompt = body["messages"][0]["content"]
+        if "Answer A:" in prompt:
+            a, b = answer_of(prompt, "Answer A"), answer_of(prompt, "Answer B")
+            return 200, chat_completion(body, json.dumps({"better": "A" if len(a) > len(b) else "B"}))
+        score = 5 if len(answer_of(prompt, "Assistant's answer")) > 30 else 2
+        return 200, chat_completion(body, json.dumps({"relevance": score, "clarity": score}))
+
+    with serve_chat(by_length) as url:
+        cfg = EvaluationConfig(judge=judge_config(url, criteria=["relevance", "clarity"]), bootstrap_samples=200)
+        judged = judge(report, cfg)
+    # LONG answers are over 30 characters but the last; SHORT only the last.
+    assert judged.metrics["candidate"]["judge"] == pytest.approx((5 + 5 + 2) / 3)
+    assert judged.metrics["base"]["judge_relevance"] == pytest.approx((2 + 2 + 5) / 3)
+    [interval] = [c for c in judged.comparisons if c.metric == "judge"]
+    assert interval.gain == pytest.approx(1.0) and interval.low <= interval.gain <= interval.high
+    assert judged.pairwise.wins == 2 and judged.metrics["candidate"]["judge_win_rate"] == pytest.approx(2 / 3)
