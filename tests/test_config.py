@@ -29,7 +29,7 @@ def test_unknown_key_is_named() -> None:
 
 def test_bad_value_is_named() -> None:
     with pytest.raises(ConfigError) as info:
-        validate_config(_raw(training={"method": "full", "max_steps": 0}))
+        validate_config(_raw(training={"method": "adapter", "max_steps": 0}))
     message = str(info.value)
     assert "parameters.config.training.method" in message
     assert "parameters.config.training.max_steps" in message
@@ -60,3 +60,11 @@ def test_pipeline_rejects_bad_config_before_any_step_runs() -> None:
 
     with pytest.raises(ConfigError, match=r"training\.lerning_rate"):
         domain_qa_pipeline.prepare(config=_raw(training={"lerning_rate": 0.1}))
+
+
+def test_early_stopping_needs_checkpoints_at_evaluations() -> None:
+    with pytest.raises(ConfigError) as err:
+        validate_config(_raw(training={"eval_steps": 10, "save_steps": 15}))
+    assert "parameters.config.training: Value error, save_steps (15) must be a multiple of eval_steps (10)" in str(
+        err.value
+    )
