@@ -81,25 +81,80 @@ def rollback(config_path: Path) -> None:
 
 @main.command()
 @config_option
-@click.option("--model-uri", help="Default: models:/<registry.model_name>@<registry.alias>.")
+@click.option("--model-uri", help="Default: models:/<registry.model_name>@<registry.alias>; or a local model folder.")
 @click.option("--host", help="Default: serving.host from the config.")
 @click.option("--port", type=int, help="Default: serving.port from the config.")
 def serve(config_path: Path, model_uri: str | None, host: str | None, port: int | None) -> None:
-    """Serve the production model over HTTP (bearer-token auth)."""
+    """Serve the production model over HTTP (API keys, OpenAI-compatible)."""
     import uvicorn
 
     from qaforge.tracking import tracking_uri
-    from serving.app import ServeSettings, create_app
+    from serving.app import create_app
+    from serving.logs import configure_json_logging
+    from serving.settings import ServeSettings
 
     cfg = _load(config_path)
+    local = model_uri is not None and Path(model_uri).is_dir()
     settings = ServeSettings(
+        **cfg.serving.model_dump(),
         model_uri=model_uri or f"models:/{cfg.registry.model_name}@{cfg.registry.alias}",
-        tracking_uri=tracking_uri(),
-        tokens_env=cfg.serving.tokens_env,
-        tokens_file=cfg.serving.tokens_file,
-        max_new_tokens=cfg.serving.max_new_tokens,
+        tracking_uri=None if local else tracking_uri(),
     )
-    uvicorn.run(create_app(settings), host=host or cfg.serving.host, port=port or cfg.serving.port)
+    configure_json_logging()
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # e.g. no API keys configured
+        click.echo(f"Cannot serve: {exc}", err=True)
+        sys.exit(2)
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None)
+
+
+@main.group()
+def keys() -> None:
+    """API keys for `qaforge serve`: stored hashed in serving.keys_file."""
+
+
+def _keys_file(config_path: Path) -> Path:
+    keys_file = _load(config_path).serving.keys_file
+    if keys_file is None:
+        click.echo(f"{config_path}: set parameters.config.serving.keys_file first", err=True)
+        sys.exit(2)
+    return keys_file
+
+
+@keys.command("create")
+@config_option
+@click.argument("name")
+@click.option("--requests-per-minute", type=int, help="Default: serving.requests_per_minute.")
+@click.option("--tokens-per-minute", type=int, help="Default: serving.tokens_per_minute.")
+def keys_create(config_path: Path, name: str, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
+    """Create a key named NAME and print it (only its hash is stored)."""
+    from serving.keys import create_key
+
+    keys_file = _keys_file(config_path)
+    try:
+        key = create_key(keys_file, name, requests_per_minute, tokens_per_minute)
+    except ValueError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(key)
+    click.echo(f"Saved the hash of key '{name}' in {keys_file}; the key itself is shown only now.", err=True)
+
+
+@keys.command("revoke")
+@config_option
+@click.argument("name")
+def keys_revoke(config_path: Path, name: str) -> None:
+    """Revoke key NAME; a running server stops accepting it within a second."""
+    from serving.keys import revoke_key
+
+    keys_file = _keys_file(config_path)
+    try:
+        revoke_key(keys_file, name)
+    except ValueError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(f"Revoked '{name}' in {keys_file}.")
 
 
 def _load(config_path: Path):  # noqa: ANN202

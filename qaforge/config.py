@@ -315,11 +315,36 @@ class RegistryConfig(_Strict):
 
 
 class ServingConfig(_Strict):
+    """How the API serves the production model. `qaforge serve` takes these from the run
+    config; under plain uvicorn each can be set as QAFORGE_<NAME> (see serving/settings.py)."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    tokens_env: str = "QAFORGE_API_TOKENS"
-    tokens_file: Path | None = None
-    max_new_tokens: int = Field(default=128, ge=1)
+    keys_file: Path | None = Field(
+        default=None,
+        description="YAML of hashed API keys with names and limits (`qaforge keys create`); "
+        "re-read when it changes or on SIGHUP, so revocation needs no restart.",
+    )
+    tokens_env: str = Field(
+        default="QAFORGE_API_TOKENS",
+        description="Env var with plain keys for development, comma separated, each 'name:key' or 'key'.",
+    )
+    max_new_tokens: int = Field(default=128, ge=1, description="When a request gives no max_tokens.")
+    max_tokens_limit: int = Field(default=512, ge=1, description="Largest max_tokens a request may ask for.")
+    max_prompt_tokens: int = Field(default=1024, ge=16)
+    max_messages: int = Field(default=32, ge=1)
+    max_body_bytes: int = Field(default=65536, ge=1024)
+    requests_per_minute: int = Field(default=60, ge=1, description="Per key, unless its entry says otherwise.")
+    tokens_per_minute: int = Field(default=20000, ge=1, description="Prompt plus generated tokens, per key.")
+    batch_window_ms: float = Field(default=15.0, ge=0, description="How long a request waits for others to batch with.")
+    max_batch_size: int = Field(default=8, ge=1)
+    reload_seconds: float = Field(
+        default=10.0, ge=0, description="How often to check the model alias for a new version (0: never)."
+    )
+    log_prompts: bool = Field(default=False, description="Put prompts and answers in the request log.")
+    conversation_log: Path | None = Field(
+        default=None, description="Opt-in JSONL of every exchange; ingest reads it as a source."
+    )
 
 
 class QAForgeConfig(_Strict):

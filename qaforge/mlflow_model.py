@@ -7,7 +7,7 @@ from typing import Any
 
 import mlflow
 
-from qaforge.modeling import Generation, generate_answers, load_for_inference
+from qaforge.modeling import generate_answers, load_for_inference
 from qaforge.prompting import build_messages
 
 
@@ -15,12 +15,6 @@ class QAModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.model, self.tokenizer = load_for_inference(context.artifacts["model_dir"])
         self.system_prompt: str | None = context.model_config.get("system_prompt")
-
-    def chat(self, messages: list[dict[str, str]], max_new_tokens: int) -> Generation:
-        """Answer one conversation; a request without a system message gets the trained one."""
-        if self.system_prompt and not any(m["role"] == "system" for m in messages):
-            messages = [{"role": "system", "content": self.system_prompt}, *messages]
-        return generate_answers(self.model, self.tokenizer, [messages], max_new_tokens)
 
     def predict(self, context: Any, model_input: list[str], params: dict | None = None) -> list[str]:
         max_new_tokens = int((params or {}).get("max_new_tokens", 128))

@@ -76,8 +76,12 @@ def load_for_inference(path: str) -> tuple[Any, Any]:
 class Generation:
     answers: list[str]
     seconds: float
-    prompt_tokens: int
-    new_tokens: int
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(self.completion_tokens)
 
 
 @torch.inference_mode()
@@ -87,10 +91,13 @@ def generate_answers(
     conversations: list[list[dict[str, str]]],
     max_new_tokens: int,
     batch_size: int = 8,
+    **generate_kwargs: Any,
 ) -> Generation:
-    """Greedy answers to each conversation (see `prompting.build_messages`), in batches."""
+    """Answers to each conversation (see `prompting.build_messages`), in batches;
+    greedy unless `generate_kwargs` ask for sampling (or pass a streamer)."""
     answers: list[str] = []
-    prompt_tokens = new_tokens = 0
+    prompt_tokens: list[int] = []
+    completion_tokens: list[int] = []
     start = time.perf_counter()
     for i in range(0, len(conversations), batch_size):
         prompts = [render_prompt(tokenizer, c) for c in conversations[i : i + batch_size]]
@@ -99,12 +106,13 @@ def generate_answers(
         output = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
-            do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            # generate() matches stop strings with the tokenizer.
+            **({"do_sample": False} | generate_kwargs | ({"tokenizer": tokenizer} if "stop_strings" in generate_kwargs else {})),
         )
         generated = output[:, batch["input_ids"].shape[1] :]
-        prompt_tokens += int(batch["attention_mask"].sum())
-        new_tokens += int((generated != tokenizer.pad_token_id).sum())
+        prompt_tokens += batch["attention_mask"].sum(dim=1).tolist()
+        completion_tokens += (generated != tokenizer.pad_token_id).sum(dim=1).tolist()
         answers.extend(
             text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)
         )
@@ -112,7 +120,7 @@ def generate_answers(
         answers=answers,
         seconds=time.perf_counter() - start,
         prompt_tokens=prompt_tokens,
-        new_tokens=new_tokens,
+        completion_tokens=completion_tokens,
     )
 
 

@@ -21,6 +21,13 @@ def build_messages(
     return messages
 
 
+def with_system_prompt(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    """A served conversation without its own system message gets the trained one."""
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
     """Chat-template text up to where the assistant's answer starts.
 

@@ -221,3 +221,16 @@ class PromotionDecision(BaseModel):
     versus_base: Interval | None = None
     versus_production: Interval | None = None
     general_drop: float | None = Field(default=None, description="Base minus candidate general-QA accuracy.")
+
+
+class ConversationRecord(BaseModel):
+    """One exchange in the served API's opt-in conversation log (JSONL), which ingest
+    reads back as a source of training data."""
+
+    time: datetime
+    request_id: str
+    key: str
+    model: str
+    version: str | None = None
+    messages: list[dict[str, str]]
+    answer: str

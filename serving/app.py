@@ -1,4 +1,6 @@
-"""FastAPI app serving the `production` model version with bearer-token auth.
+"""The API: OpenAI-compatible chat completions (streaming too), the models list, the
+seeds' /predict, Prometheus /metrics and an open /health, in front of a dynamically
+batched model that is swapped when the registry alias moves.
 
 Run it with `qaforge serve` or `uvicorn --factory serving.app:create_app` (settings
 from QAFORGE_* environment variables, see `ServeSettings`).
@@ -6,30 +8,37 @@ from QAFORGE_* environment variables, see `ServeSettings`).
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import contextlib
+import json
+import logging
+import signal
 import time
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.auth import BearerAuth, load_tokens
+from qaforge.fsutil import append_line
+from qaforge.prompting import render_prompt, with_system_prompt
+from qaforge.records import ConversationRecord
+from serving.batching import Batcher, Completion, Sampling
+from serving.keys import ApiKey, AuthError, KeyStore
+from serving.limits import RateLimited, RateLimiter
+from serving.logs import REQUEST_LOG
+from serving.metrics import ServingMetrics
+from serving.models import LoadedModel, ModelHolder, load_model
+from serving.settings import ServeSettings
 
-
-class ServeSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="QAFORGE_")
-
-    model_uri: str = Field(description="e.g. models:/qaforge-ev@production, or a local model folder")
-    tracking_uri: str | None = None
-    tokens_env: str = "QAFORGE_API_TOKENS"
-    tokens_file: Path | None = None
-    max_new_tokens: int = 128
+log = logging.getLogger(__name__)
 
 
 class ChatMessage(BaseModel):
@@ -41,106 +50,237 @@ class ChatCompletionRequest(BaseModel):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = None
-    stream: Literal[False] = False
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: Literal[1] = 1
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    user: str | None = None
 
 
 class PredictRequest(BaseModel):
     input_text: str = Field(min_length=1)
 
 
-class LoadedModel:
-    """The served model and the registry version it came from."""
+class APIError(Exception):
+    """An error answered in OpenAI's shape."""
 
-    def __init__(self, settings: ServeSettings) -> None:
-        import mlflow
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
+        self.headers = headers or {}
 
-        if settings.tracking_uri:
-            mlflow.set_tracking_uri(settings.tracking_uri)
-        self.uri = settings.model_uri
-        self.version = self._resolve_version(settings.model_uri)
-        self.qa = mlflow.pyfunc.load_model(settings.model_uri).unwrap_python_model()
-        # generate() on one model is not safe to run from several threads at once.
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _resolve_version(uri: str) -> str | None:
-        from mlflow import MlflowClient
-
-        if not uri.startswith("models:/"):
-            return None
-        name, sep, alias = uri.removeprefix("models:/").partition("@")
-        if sep:
-            return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-        return name.rpartition("/")[2]
-
-    def chat(self, messages: list[dict[str, str]], max_new_tokens: int) -> Any:
-        with self._lock:
-            return self.qa.chat(messages, max_new_tokens)
-
-
-def _openai_error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse(
-        status_code=status, content={"error": {"message": message, "type": kind, "code": status}}
-    )
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+        return JSONResponse(status_code=self.status, content=body, headers=self.headers)
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
-    auth = BearerAuth(load_tokens(settings.tokens_env, settings.tokens_file))
-    state: dict[str, LoadedModel] = {}
+    keys = KeyStore(settings.keys_file, settings.tokens_env)
+    limiter = RateLimiter()
+    metrics = ServingMetrics()
+    state: dict[str, Any] = {}
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):  # noqa: ANN202
-        state["model"] = await run_in_threadpool(LoadedModel, settings)
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.tracking_uri:
+            import mlflow
+
+            mlflow.set_tracking_uri(settings.tracking_uri)
+        holder = ModelHolder(await run_in_threadpool(load_model, settings.model_uri),
+                             on_swap=lambda m: metrics.serving(m.name, m.version))
+        metrics.serving(holder.current.name, holder.current.version)
+        state["holder"] = holder
+        state["batcher"] = Batcher(holder, settings.batch_window_ms / 1000, settings.max_batch_size,
+                                   on_batch=metrics.batch_size.observe)
+        watcher = asyncio.create_task(holder.watch(settings.reload_seconds)) if settings.reload_seconds else None
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # only the main thread may
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.reload)
+        log.info("serving %s v%s", holder.current.uri, holder.current.version)
         yield
+        if watcher:
+            watcher.cancel()
+        await run_in_threadpool(state["batcher"].close)
 
     app = FastAPI(title="qaforge", lifespan=lifespan)
 
+    def model() -> LoadedModel:
+        return state["holder"].current
+
+    async def authenticate(request: Request) -> ApiKey:
+        try:
+            key = keys.authenticate(request.headers.get("authorization"))
+        except AuthError as exc:
+            raise APIError(exc.status, exc.message, "authentication_error" if exc.status == 401 else "permission_error",
+                           code="invalid_api_key" if exc.status == 401 else "revoked_api_key",
+                           headers={"WWW-Authenticate": "Bearer"}) from None
+        request.state.key = key.name
+        metrics.key_requests.labels(key=key.name).inc()
+        return key
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id
+        start = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.max_body_bytes:
+            response = APIError(413, f"request body of {length} bytes is over the limit of "
+                                f"{settings.max_body_bytes}", code="body_too_large").response()
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        path = route.path if route is not None else "unmatched"
+        seconds = time.perf_counter() - start
+        metrics.requests.labels(route=path, status=str(response.status_code)).inc()
+        metrics.latency.labels(route=path).observe(seconds)
+        if response.status_code >= 400:
+            metrics.errors.labels(status=str(response.status_code)).inc()
+        response.headers["x-request-id"] = request_id
+        REQUEST_LOG.info(
+            "request",
+            extra={"request_id": request_id, "method": request.method, "path": request.url.path,
+                   "status": response.status_code, "ms": round(1000 * seconds, 1),
+                   "key": getattr(request.state, "key", None), **getattr(request.state, "log", {})},
+        )
+        return response
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        response = _openai_error(exc.status_code, str(exc.detail), "invalid_request_error")
-        response.headers.update(exc.headers or {})
-        return response
+        return APIError(exc.status_code, str(exc.detail), headers=exc.headers).response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"] if p != "body")
+        return APIError(422, f"{param or 'body'}: {first['msg']}", param=param or None).response()
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        model = state["model"]
-        return {"status": "ok", "model": model.uri, "version": model.version}
+        current = model()
+        return {"status": "ok", "model": current.uri, "version": current.version}
 
-    @app.post("/predict", dependencies=[Depends(auth)])
-    async def predict(body: PredictRequest) -> dict[str, Any]:
-        model = state["model"]
-        generation = await run_in_threadpool(
-            model.chat, [{"role": "user", "content": body.input_text}], settings.max_new_tokens
-        )
-        return {"output_text": generation.answers[0], "model_version": model.version}
+    @app.get("/v1/models")
+    async def models(key: ApiKey = Depends(authenticate)) -> dict[str, Any]:
+        current = model()
+        return {"object": "list", "data": [
+            {"id": current.name, "object": "model", "created": 0, "owned_by": "qaforge", "version": current.version}
+        ]}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
-    async def chat_completions(body: ChatCompletionRequest) -> dict[str, Any]:
-        model = state["model"]
-        max_tokens = min(body.max_tokens or settings.max_new_tokens, settings.max_new_tokens)
-        generation = await run_in_threadpool(
-            model.chat, [m.model_dump() for m in body.messages], max_tokens
-        )
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.model or model.uri,
-            "system_fingerprint": f"v{model.version}",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": generation.answers[0]},
-                    "finish_reason": "length" if generation.new_tokens >= max_tokens else "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": generation.prompt_tokens,
-                "completion_tokens": generation.new_tokens,
-                "total_tokens": generation.prompt_tokens + generation.new_tokens,
-            },
-        }
+    @app.get("/metrics")
+    async def prometheus(key: ApiKey = Depends(authenticate)) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def admit(request: Request, key: ApiKey, messages: list[dict[str, str]], max_tokens: int) -> int:
+        """Check the limits before any generation; returns the prompt's token count."""
+        if len(messages) > settings.max_messages:
+            raise APIError(400, f"{len(messages)} messages is over the limit of {settings.max_messages}",
+                           param="messages", code="too_many_messages")
+        if max_tokens > settings.max_tokens_limit:
+            raise APIError(400, f"max_tokens {max_tokens} is over the limit of {settings.max_tokens_limit}",
+                           param="max_tokens", code="max_tokens_too_large")
+        current = model()
+        prompt = render_prompt(current.tokenizer, with_system_prompt(messages, current.system_prompt))
+        prompt_tokens = len(current.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if prompt_tokens > settings.max_prompt_tokens:
+            raise APIError(400, f"the prompt has {prompt_tokens} tokens, over the limit of "
+                           f"{settings.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+        try:
+            limiter.acquire(key.name, key.requests_per_minute or settings.requests_per_minute,
+                            key.tokens_per_minute or settings.tokens_per_minute, prompt_tokens + max_tokens)
+        except RateLimited as exc:
+            raise APIError(429, exc.message, "rate_limit_error", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(exc.retry_after)}) from None
+        return prompt_tokens
+
+    def settle(request: Request, key: ApiKey, messages: list[dict[str, str]], max_tokens: int,
+               result: Completion) -> None:
+        """Refund unused tokens, count usage, and log the exchange where that is enabled."""
+        limiter.refund(key.name, max_tokens - result.completion_tokens)
+        metrics.prompt_tokens.labels(key=key.name).inc(result.prompt_tokens)
+        metrics.completion_tokens.labels(key=key.name).inc(result.completion_tokens)
+        request.state.log = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                             "model_version": result.version}
+        if settings.log_prompts:
+            request.state.log |= {"messages": messages, "answer": result.text}
+        if settings.conversation_log:
+            record = ConversationRecord(
+                time=datetime.now(timezone.utc), request_id=request.state.request_id, key=key.name,
+                model=model().name, version=result.version, messages=messages, answer=result.text,
+            )
+            append_line(settings.conversation_log, record.model_dump_json())
+
+    @app.post("/predict")
+    async def predict(body: PredictRequest, request: Request, key: ApiKey = Depends(authenticate)) -> dict[str, Any]:
+        messages = [{"role": "user", "content": body.input_text}]
+        admit(request, key, messages, settings.max_new_tokens)
+        result = await state["batcher"].complete(messages, Sampling(settings.max_new_tokens))
+        settle(request, key, messages, settings.max_new_tokens, result)
+        return {"output_text": result.text, "model_version": result.version}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request,
+                               key: ApiKey = Depends(authenticate)) -> Any:
+        current = model()
+        if body.model not in (None, current.name, current.uri):
+            raise APIError(404, f"model '{body.model}' does not exist; this server serves '{current.name}'",
+                           param="model", code="model_not_found")
+        messages = [m.model_dump() for m in body.messages]
+        max_tokens = body.max_completion_tokens or body.max_tokens or settings.max_new_tokens
+        admit(request, key, messages, max_tokens)
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        sampling = Sampling(max_tokens, body.temperature, body.top_p, stop, body.seed)
+        completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": completion_id, "created": created, "model": current.name,
+                "system_fingerprint": f"v{current.version}" if current.version else None}
+        if not body.stream:
+            result = await state["batcher"].complete(messages, sampling)
+            settle(request, key, messages, max_tokens, result)
+            return head | {
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                             "finish_reason": result.finish_reason}],
+                "usage": usage(result),
+            }
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+
+        async def events() -> AsyncIterator[str]:
+            def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+                payload = head | {"object": "chat.completion.chunk",
+                                  "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                return f"data: {json.dumps(payload)}\n\n"
+
+            yield chunk({"role": "assistant", "content": ""})
+            try:
+                async for item in state["batcher"].stream(messages, sampling):
+                    if isinstance(item, Completion):
+                        settle(request, key, messages, max_tokens, item)
+                        yield chunk({}, item.finish_reason)
+                        if include_usage:
+                            payload = head | {"object": "chat.completion.chunk", "choices": [], "usage": usage(item)}
+                            yield f"data: {json.dumps(payload)}\n\n"
+                    else:
+                        yield chunk({"content": item})
+            except Exception as exc:  # headers are sent: report the failure in the stream
+                log.exception("stream %s failed", completion_id)
+                yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+def usage(result: Completion) -> dict[str, int]:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}

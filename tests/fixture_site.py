@@ -5,6 +5,7 @@ a PDF, page chrome and banners, a near-duplicate page, and a page tests can edit
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -156,3 +157,9 @@ def serve_chat(reply: Callable[[dict], tuple[int, dict]]) -> Iterator[str]:
 
     with serve_on_loopback(Handler) as base:
         yield f"{base}/v1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -15,10 +15,12 @@ from docling.pipeline.native_pdf_pipeline import NativePdfPipeline
 from docling_core.types.doc import DoclingDocument
 
 from qaforge.records import FailureKind
+from qaforge.sources.conversations import conversation_markdown
 
 log = logging.getLogger(__name__)
 
-FILE_SUFFIXES = {".pdf", ".docx", ".pptx", ".html", ".htm", ".md", ".markdown", ".txt"}
+# .jsonl: the served API's conversation log (serving.conversation_log).
+FILE_SUFFIXES = {".pdf", ".docx", ".pptx", ".html", ".htm", ".md", ".markdown", ".txt", ".jsonl"}
 # Content types of downloads the crawler hands over to docling.
 CONTENT_TYPE_SUFFIXES = {
     "application/pdf": ".pdf",
@@ -75,10 +77,14 @@ def convert_path(path: Path, max_bytes: int, artifacts_path: Path | None = None)
         raise ConversionError("content_type", f"unsupported file type {suffix or '(none)'}")
     if suffix == ".pdf" and b"/Encrypt" in path.read_bytes():
         raise ConversionError("encrypted", "encrypted PDF")
-    if suffix == ".txt":  # plain text is valid Markdown
-        return converter(artifacts_path).convert_string(
-            path.read_text(errors="replace"), InputFormat.MD, name=path.name
-        ).document
+    if suffix in (".txt", ".jsonl"):  # plain text is valid Markdown; a log is rendered as Markdown
+        text = path.read_text(errors="replace")
+        if suffix == ".jsonl":
+            try:
+                text = conversation_markdown(text, path.name)
+            except ValueError as exc:
+                raise ConversionError("conversion", f"not a qaforge conversation log: {exc}") from None
+        return converter(artifacts_path).convert_string(text, InputFormat.MD, name=path.name).document
     try:
         result = converter(artifacts_path).convert(path, raises_on_error=False)
     except Exception as exc:  # docling raises for some unreadable files

@@ -1,0 +1,83 @@
+"""The served model: loaded from the MLflow registry (`models:/<name>@<alias>`) or a
+local model folder, and swapped for a new version when the alias moves."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    uri: str
+    name: str
+    version: str | None
+    model: Any
+    tokenizer: Any
+    system_prompt: str | None
+
+
+def registry_version(uri: str) -> str | None:
+    """The version a `models:/` URI points at now; None for a local folder."""
+    if not uri.startswith("models:/"):
+        return None
+    from mlflow import MlflowClient
+
+    name, sep, alias = uri.removeprefix("models:/").partition("@")
+    if sep:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    return name.rpartition("/")[2]
+
+
+def model_name(uri: str) -> str:
+    if uri.startswith("models:/"):
+        return uri.removeprefix("models:/").partition("@")[0].partition("/")[0]
+    return Path(uri).name
+
+
+def load_model(uri: str) -> LoadedModel:
+    """Load the version the URI points at now (pinned, so a concurrent alias move cannot
+    make the recorded version and the loaded weights disagree)."""
+    version = registry_version(uri)
+    if version is None:
+        from qaforge.modeling import load_for_inference
+
+        model, tokenizer = load_for_inference(uri)
+        return LoadedModel(uri, model_name(uri), None, model, tokenizer, None)
+    import mlflow
+
+    qa = mlflow.pyfunc.load_model(f"models:/{model_name(uri)}/{version}").unwrap_python_model()
+    return LoadedModel(uri, model_name(uri), version, qa.model, qa.tokenizer, qa.system_prompt)
+
+
+class ModelHolder:
+    """The current model. Requests read `current` once and keep that object, so a swap
+    never changes the model under a request in flight."""
+
+    def __init__(self, current: LoadedModel, on_swap: Callable[[LoadedModel], None] = lambda m: None) -> None:
+        self.current = current
+        self.on_swap = on_swap
+
+    async def watch(self, interval: float) -> None:
+        """Poll the alias; load a new version off the event loop, then swap."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                version = await asyncio.to_thread(registry_version, self.current.uri)
+                if version == self.current.version:
+                    continue
+                log.info("model %s moved to v%s; loading it", self.current.uri, version)
+                loaded = await asyncio.to_thread(load_model, self.current.uri)
+            except Exception:  # a registry hiccup must not stop serving the loaded model
+                log.exception("checking %s for a new version failed; still serving v%s",
+                              self.current.uri, self.current.version)
+                continue
+            previous, self.current = self.current, loaded
+            self.on_swap(loaded)
+            log.info("now serving %s v%s (was v%s)", loaded.uri, loaded.version, previous.version)

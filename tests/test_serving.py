@@ -1,0 +1,166 @@
+"""The API over real HTTP: uvicorn on a free 127.0.0.1 port serving the base model,
+called with the official openai client and with raw requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from qaforge.records import ConversationRecord
+from qaforge.sources.files import convert_path
+from serving.app import create_app
+from serving.keys import create_key, revoke_key
+from serving.settings import ServeSettings
+
+from fixture_site import free_port
+
+QUESTION = [{"role": "user", "content": "What is a Level 2 charger?"}]
+
+
+@contextmanager
+def running(app: FastAPI) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def api(base_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    root = tmp_path_factory.mktemp("serve")
+    keys_file = root / "keys.yaml"
+    keys = {
+        "alice": create_key(keys_file, "alice"),
+        "slow": create_key(keys_file, "slow", requests_per_minute=2),
+        "carol": create_key(keys_file, "carol"),
+    }
+    settings = ServeSettings(
+        model_uri=base_model_dir, keys_file=keys_file, tokens_env="QAFORGE_TEST_UNSET", max_new_tokens=16,
+        max_tokens_limit=64, max_prompt_tokens=120, max_messages=4, max_body_bytes=4096, batch_window_ms=200,
+        reload_seconds=0, conversation_log=root / "conversations.jsonl",
+    )
+    with running(create_app(settings)) as url:
+        yield {"url": url, "keys": keys, "keys_file": keys_file, "root": root, "name": Path(base_model_dir).name}
+
+
+def auth(api: dict, name: str = "alice") -> dict[str, str]:
+    return {"Authorization": f"Bearer {api['keys'][name]}"}
+
+
+def test_openai_client_completions_streaming_and_models(api: dict) -> None:
+    client = openai.OpenAI(base_url=f"{api['url']}/v1", api_key=api["keys"]["alice"], max_retries=0)
+    assert [m.id for m in client.models.list().data] == [api["name"]]
+    reply = client.chat.completions.create(model=api["name"], messages=QUESTION, max_tokens=12)
+    text = reply.choices[0].message.content
+    assert text.strip() and reply.choices[0].finish_reason in ("stop", "length")
+    assert 0 < reply.usage.completion_tokens <= 12 and reply.usage.prompt_tokens > 5
+    stream = client.chat.completions.create(
+        model=api["name"], messages=QUESTION, max_tokens=12, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([p for p in pieces if p]) > 1, "streamed in pieces"
+    assert "".join(pieces).strip() == text, "greedy stream equals the plain answer"
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+    stopped = client.chat.completions.create(model=api["name"], messages=QUESTION, max_tokens=32, stop=[" a "])
+    assert " a " not in stopped.choices[0].message.content
+
+
+def test_requests_are_batched(api: dict) -> None:
+    async def ask_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=api["url"], headers=auth(api), timeout=120) as client:
+            body = {"messages": [{"role": "user", "content": "What is OCPP?"}], "max_tokens": 8}
+            return await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for _ in range(6)))
+
+    assert all(r.status_code == 200 for r in asyncio.run(ask_all()))
+    metrics = httpx.get(f"{api['url']}/metrics", headers=auth(api)).text
+    sizes = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("qaforge_batch_size_")}
+    assert sizes["qaforge_batch_size_sum"] > sizes["qaforge_batch_size_count"], "some generate() calls answered several"
+
+
+def test_auth_missing_invalid_and_revoked_keys(api: dict) -> None:
+    url = f"{api['url']}/v1/chat/completions"
+    body = {"messages": QUESTION, "max_tokens": 4}
+    assert httpx.get(f"{api['url']}/health").json()["status"] == "ok"
+    missing = httpx.post(url, json=body)
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+    assert httpx.post(url, json=body, headers={"Authorization": "Bearer qf-nope"}).status_code == 401
+    assert httpx.get(f"{api['url']}/metrics").status_code == 401
+    assert httpx.post(url, json=body, headers=auth(api, "carol"), timeout=60).status_code == 200
+    revoke_key(api["keys_file"], "carol")
+    deadline = time.monotonic() + 10
+    while (r := httpx.post(url, json=body, headers=auth(api, "carol"), timeout=60)).status_code == 200:
+        assert time.monotonic() < deadline, "revocation not picked up"
+        time.sleep(0.3)
+    assert r.status_code == 403 and r.json()["error"]["message"] == "API key 'carol' has been revoked"
+
+
+def test_rate_limit_answers_429_with_retry_after(api: dict) -> None:
+    body = {"input_text": "What is CCS?"}
+    codes = [httpx.post(f"{api['url']}/predict", json=body, headers=auth(api, "slow"), timeout=60) for _ in range(3)]
+    assert [c.status_code for c in codes] == [200, 200, 429]
+    assert int(codes[2].headers["retry-after"]) >= 1
+    assert codes[2].json()["error"]["code"] == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"messages": []}, 422, "messages"),
+        ({"messages": QUESTION, "n": 2}, 422, "n"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, 422, "messages.0.role"),
+        ({"messages": QUESTION, "max_tokens": 1000}, 400, "max_tokens"),
+        ({"messages": QUESTION * 5}, 400, "messages"),
+        ({"messages": [{"role": "user", "content": "word " * 200}]}, 400, "messages"),
+        ({"messages": QUESTION, "model": "gpt-4"}, 404, "model"),
+        ({"messages": [{"role": "user", "content": "x" * 5000}]}, 413, None),
+    ],
+)
+def test_bad_requests_get_clear_openai_errors(api: dict, body: dict, status: int, param: str | None) -> None:
+    response = httpx.post(f"{api['url']}/v1/chat/completions", json=body, headers=auth(api), timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["message"]
+
+
+def test_metrics_logs_and_conversation_log(api: dict, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="qaforge.requests"):
+        answer = httpx.post(
+            f"{api['url']}/predict", json={"input_text": "Who maintains public chargers?"},
+            headers=auth(api) | {"X-Request-ID": "req-42"}, timeout=60,
+        )
+    assert answer.status_code == 200 and answer.headers["x-request-id"] == "req-42"
+    [record] = [r for r in caplog.records if getattr(r, "request_id", None) == "req-42"]
+    assert (record.status, record.key, record.path) == (200, "alice", "/predict")
+    assert record.completion_tokens > 0 and not hasattr(record, "messages"), "no prompts in logs by default"
+    metrics = httpx.get(f"{api['url']}/metrics", headers=auth(api)).text
+    assert 'qaforge_requests_total{route="/predict",status="200"}' in metrics
+    assert 'qaforge_key_requests_total{key="alice"}' in metrics
+    assert f'qaforge_model_info{{model="{api["name"]}",version="local"}} 1.0' in metrics
+    assert "qaforge_request_duration_seconds_bucket" in metrics
+    log_file = api["root"] / "conversations.jsonl"
+    records = [ConversationRecord.model_validate_json(line) for line in log_file.read_text().splitlines()]
+    logged = next(r for r in records if r.request_id == "req-42")
+    assert logged.key == "alice" and logged.answer == answer.json()["output_text"]
+    document = convert_path(log_file, 2**20).export_to_markdown()
+    assert "Who maintains public chargers?" in document
