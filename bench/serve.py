@@ -1,0 +1,165 @@
+"""Serving under load: qaforge's API (dynamic batching) against a naive server (one
+request at a time, plain model.generate under a lock), both serving the base model
+on 127.0.0.1, at concurrency 1, 4, 8 and 16 with a fixed number of requests each.
+
+    python bench/serve.py [--requests 24] [--max-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from common import REPO, default_config
+
+KEY = "bench-key"
+QUESTIONS = [
+    "What is a Level 2 charger?",
+    "How long does DC fast charging take?",
+    "What is OCPP used for?",
+    "What does a CCS2 connector carry?",
+    "Why do idle fees exist at public chargers?",
+    "What is smart charging?",
+]
+
+
+def naive_app(model_dir: str):  # noqa: ANN201
+    """The baseline: no batching, a global lock, greedy generate() per request."""
+    import torch
+    from fastapi import FastAPI
+    from pydantic import BaseModel
+
+    from qaforge.modeling import load_for_inference
+
+    model, tokenizer = load_for_inference(model_dir)
+    lock = threading.Lock()
+    app = FastAPI()
+
+    class Body(BaseModel):
+        messages: list[dict[str, str]]
+        max_tokens: int = 32
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/v1/chat/completions")
+    def chat(body: Body) -> dict:
+        prompt = tokenizer.apply_chat_template(body.messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        with lock, torch.inference_mode():
+            out = model.generate(**ids, max_new_tokens=body.max_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        new = out[0, ids["input_ids"].shape[1]:]
+        return {"choices": [{"message": {"content": tokenizer.decode(new, skip_special_tokens=True)}}],
+                "usage": {"completion_tokens": int((new != tokenizer.pad_token_id).sum())}}
+
+    return app
+
+
+def naive_app_from_env():  # noqa: ANN201
+    return naive_app(os.environ["BENCH_MODEL_DIR"])
+
+
+def start(kind: str, model_dir: str) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {
+        "QAFORGE_MODEL_URI": model_dir, "QAFORGE_API_TOKENS": KEY, "QAFORGE_RELOAD_SECONDS": "0",
+        "QAFORGE_REQUESTS_PER_MINUTE": "1000000", "QAFORGE_TOKENS_PER_MINUTE": "1000000000",
+        "BENCH_MODEL_DIR": model_dir, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'bench'}",
+    }
+    factory = "serving.app:create_app" if kind == "qaforge" else "serve:naive_app_from_env"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", factory, "--port", str(port), "--log-level", "warning"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(url: str, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.5)
+
+
+async def load(url: str, concurrency: int, requests: int, max_tokens: int) -> dict[str, float]:
+    latencies: list[float] = []
+    tokens = errors = 0
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        nonlocal tokens, errors
+        async with semaphore:
+            body = {"messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}], "max_tokens": max_tokens}
+            start = time.perf_counter()
+            try:
+                response = await client.post("/v1/chat/completions", json=body)
+                response.raise_for_status()
+            except httpx.HTTPError:
+                errors += 1
+                return
+            latencies.append(time.perf_counter() - start)
+            tokens += response.json()["usage"]["completion_tokens"]
+
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {KEY}"}, timeout=600) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(one(client, i) for i in range(requests)))
+        seconds = time.perf_counter() - start
+    ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
+    return {"rps": len(latencies) / seconds, "tps": tokens / seconds, "p50": float(np.percentile(ms, 50)),
+            "p95": float(np.percentile(ms, 95)), "errors": errors}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=24)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    args = parser.parse_args()
+    from qaforge.modeling import resolve_base_model
+
+    model_dir = resolve_base_model(default_config().model)
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for kind in ("qaforge", "naive"):
+        process, url = start(kind, model_dir)
+        try:
+            wait_ready(url, process)
+            asyncio.run(load(url, 1, 2, args.max_tokens))  # warm-up
+            results[kind] = {c: asyncio.run(load(url, c, args.requests, args.max_tokens)) for c in args.concurrency}
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    print(f"{args.requests} requests per level, max_tokens {args.max_tokens}, base model {Path(model_dir).name}")
+    header = f"{'conc':>4} | {'server':<8}{'req/s':>7}{'tok/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'errors':>7}"
+    print(header + f" | {'req/s x naive':>13}")
+    for c in args.concurrency:
+        for kind in ("qaforge", "naive"):
+            r = results[kind][c]
+            ratio = f"{r['rps'] / results['naive'][c]['rps']:>13.2f}" if kind == "qaforge" else ""
+            print(f"{c:>4} | {kind:<8}{r['rps']:>7.2f}{r['tps']:>8.1f}{r['p50']:>9.0f}{r['p95']:>9.0f}"
+                  f"{r['errors']:>7} | {ratio}")
+
+
+if __name__ == "__main__":
+    main()
