@@ -5,7 +5,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from qaforge.prompting import build_messages, render_prompt
+from qaforge.prompting import build_messages, render_prompt, with_system_prompt
 from qaforge.records import QAPair, Turn
 from steps.train import sft_dataset
 
@@ -25,9 +25,11 @@ def test_training_prompt_tokens_equal_served_prompt_tokens(base_model_dir, token
         peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
     example = trainer.train_dataset[0]
-    served = tokenizer(
-        render_prompt(tokenizer, build_messages(pair.question, system, pair.history)), add_special_tokens=False
-    )["input_ids"]
+    # What an API client sends: the conversation without a system message; the server adds the trained one.
+    request = build_messages(pair.question, None, pair.history)
+    served = tokenizer(render_prompt(tokenizer, with_system_prompt(request, system)), add_special_tokens=False)[
+        "input_ids"
+    ]
     n = len(served)
     assert example["input_ids"][:n] == served
     labels = example["labels"]
