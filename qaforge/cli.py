@@ -67,7 +67,10 @@ def info(config_path: Path) -> None:
 @config_option
 def rollback(config_path: Path) -> None:
     """Give @production back to the version holding @previous (and swap them)."""
+    import yaml
+
     from steps.promote import rollback as swap
+    from steps.promote import set_zenml_stage
 
     cfg = _load(config_path)
     name, registry = cfg.registry.model_name, cfg.registry
@@ -77,6 +80,9 @@ def rollback(config_path: Path) -> None:
         click.echo(f"Cannot roll back: {exc}", err=True)
         sys.exit(1)
     click.echo(f"models:/{name}@{registry.alias} = v{now}" + (f"; @{registry.previous_alias} = v{before}" if before else ""))
+    zenml_model = (yaml.safe_load(config_path.read_text()).get("model") or {}).get("name")
+    if zenml_model and (zenml_version := set_zenml_stage(zenml_model, now)):
+        click.echo(f"ZenML model {zenml_model} version {zenml_version} is in stage production")
 
 
 @main.command()

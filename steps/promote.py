@@ -158,6 +158,18 @@ def rollback(name: str, alias: str, previous_alias: str) -> tuple[str, str]:
     return str(previous.version), str(current.version) if current else ""
 
 
+def set_zenml_stage(model: str, mlflow_version: str) -> str | None:
+    """Move the ZenML model version that registered `mlflow_version` to the production
+    stage, as promotion does; returns its name, or None if no version did."""
+    from zenml.client import Client
+
+    for version in Client().list_model_versions(model=model, size=1000):
+        if str(version.run_metadata.get("mlflow_version")) == mlflow_version:
+            version.set_stage(ModelStages.PRODUCTION, force=True)
+            return version.name
+    return None
+
+
 @step(experiment_tracker=True)
 def promote_step(
     report: EvalReport,

@@ -118,6 +118,7 @@ def test_rollback_swaps_production_and_previous(project: Path, first_run: str) -
     try:
         out = _run("qaforge", "rollback", "-c", "run.yaml", cwd=project)
         assert "models:/qaforge-smoke@production = v1; @previous = v2" in out
+        assert "ZenML model qaforge-smoke version 1 is in stage production" in out
         assert str(client.get_model_version_by_alias("qaforge-smoke", "production").version) == "1"
         assert str(client.get_model_version_by_alias("qaforge-smoke", "previous").version) == "2"
     finally:  # leave v1 serving for the other tests
