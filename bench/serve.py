@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from pydantic import BaseModel
 
 from common import REPO, default_config
 
@@ -33,11 +35,15 @@ QUESTIONS = [
 ]
 
 
+class NaiveRequest(BaseModel):
+    messages: list[dict[str, str]]
+    max_tokens: int = 32
+
+
 def naive_app(model_dir: str):  # noqa: ANN201
     """The baseline: no batching, a global lock, greedy generate() per request."""
     import torch
     from fastapi import FastAPI
-    from pydantic import BaseModel
 
     from qaforge.modeling import load_for_inference
 
@@ -45,16 +51,12 @@ def naive_app(model_dir: str):  # noqa: ANN201
     lock = threading.Lock()
     app = FastAPI()
 
-    class Body(BaseModel):
-        messages: list[dict[str, str]]
-        max_tokens: int = 32
-
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok"}
 
     @app.post("/v1/chat/completions")
-    def chat(body: Body) -> dict:
+    def chat(body: NaiveRequest) -> dict:
         prompt = tokenizer.apply_chat_template(body.messages, tokenize=False, add_generation_prompt=True)
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         with lock, torch.inference_mode():
@@ -139,6 +141,8 @@ def main() -> None:
     args = parser.parse_args()
     from qaforge.modeling import resolve_base_model
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+
     model_dir = resolve_base_model(default_config().model)
     results: dict[str, dict[int, dict[str, float]]] = {}
     for kind in ("qaforge", "naive"):
@@ -156,7 +160,8 @@ def main() -> None:
     for c in args.concurrency:
         for kind in ("qaforge", "naive"):
             r = results[kind][c]
-            ratio = f"{r['rps'] / results['naive'][c]['rps']:>13.2f}" if kind == "qaforge" else ""
+            naive = results["naive"][c]["rps"]
+            ratio = f"{r['rps'] / naive:>13.2f}" if kind == "qaforge" and naive else ""
             print(f"{c:>4} | {kind:<8}{r['rps']:>7.2f}{r['tps']:>8.1f}{r['p50']:>9.0f}{r['p95']:>9.0f}"
                   f"{r['errors']:>7} | {ratio}")
 

@@ -96,7 +96,7 @@ def serve(config_path: Path, model_uri: str | None, host: str | None, port: int 
 
     from qaforge.tracking import tracking_uri
     from serving.app import create_app
-    from serving.logs import configure_json_logging
+    from serving.logs import LOG_CONFIG
     from serving.settings import ServeSettings
 
     cfg = _load(config_path)
@@ -106,13 +106,12 @@ def serve(config_path: Path, model_uri: str | None, host: str | None, port: int 
         model_uri=model_uri or f"models:/{cfg.registry.model_name}@{cfg.registry.alias}",
         tracking_uri=None if local else tracking_uri(),
     )
-    configure_json_logging()
     try:
         app = create_app(settings)
     except ValueError as exc:  # e.g. no API keys configured
         click.echo(f"Cannot serve: {exc}", err=True)
         sys.exit(2)
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None)
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=str(LOG_CONFIG))
 
 
 @main.group()
