@@ -97,7 +97,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         metrics.serving(holder.current.name, holder.current.version)
         state["holder"] = holder
         state["batcher"] = Batcher(holder, settings.batch_window_ms / 1000, settings.max_batch_size,
-                                   on_batch=metrics.batch_size.observe)
+                                   on_batch=metrics.batch_size.observe, on_cancel=metrics.cancelled.inc)
         watcher = asyncio.create_task(holder.watch(settings.reload_seconds)) if settings.reload_seconds else None
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):  # only the main thread may
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.reload)
@@ -261,15 +261,17 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
             yield chunk({"role": "assistant", "content": ""})
             try:
-                async for item in state["batcher"].stream(messages, sampling):
-                    if isinstance(item, Completion):
+                # aclosing: a client that disconnects closes the stream now, which stops generation.
+                async with contextlib.aclosing(state["batcher"].stream(messages, sampling)) as items:
+                    async for item in items:
+                        if not isinstance(item, Completion):
+                            yield chunk({"content": item})
+                            continue
                         settle(request, key, messages, max_tokens, item)
                         yield chunk({}, item.finish_reason)
                         if include_usage:
                             payload = head | {"object": "chat.completion.chunk", "choices": [], "usage": usage(item)}
                             yield f"data: {json.dumps(payload)}\n\n"
-                    else:
-                        yield chunk({"content": item})
             except Exception as exc:  # headers are sent: report the failure in the stream
                 log.exception("stream %s failed", completion_id)
                 yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"

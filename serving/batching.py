@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import TextIteratorStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from qaforge.modeling import generate_answers
 from qaforge.prompting import with_system_prompt
@@ -65,6 +65,7 @@ class _Job:
     future: asyncio.Future | None = None
     chunks: asyncio.Queue | None = None  # streaming: text pieces, then the Completion
     queued: float = field(default_factory=time.monotonic)
+    cancelled: threading.Event = field(default_factory=threading.Event)  # the streaming client left
 
     def batchable_with(self, other: _Job) -> bool:
         return self.chunks is None and other.chunks is None and self.sampling == other.sampling
@@ -74,6 +75,16 @@ class _Job:
             self.loop.call_soon_threadsafe(self.chunks.put_nowait, item)
         else:
             self.loop.call_soon_threadsafe(_settle, self.future, item)
+
+
+class _Until(StoppingCriteria):
+    """Stops generate() once the event is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
 
 
 def _settle(future: asyncio.Future, item: Any) -> None:
@@ -92,11 +103,13 @@ class Batcher:
         window_seconds: float,
         max_batch_size: int,
         on_batch: Callable[[int], None] = lambda size: None,
+        on_cancel: Callable[[], None] = lambda: None,
     ) -> None:
         self.holder = holder
         self.window = window_seconds
         self.max_batch_size = max_batch_size
         self.on_batch = on_batch
+        self.on_cancel = on_cancel
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._pending: deque[_Job] = deque()
         self._thread = threading.Thread(target=self._run, name="qaforge-generate", daemon=True)
@@ -112,13 +125,16 @@ class Batcher:
         """Text pieces as they are generated, then the Completion."""
         job = _Job(messages, sampling, asyncio.get_running_loop(), chunks=asyncio.Queue())
         self._jobs.put(job)
-        while True:
-            item = await job.chunks.get()
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-            if isinstance(item, Completion):
-                return
+        try:
+            while True:
+                item = await job.chunks.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Completion):
+                    return
+        finally:  # also when the client disconnects: stop generating for nobody
+            job.cancelled.set()
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -154,6 +170,9 @@ class Batcher:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
+            if batch[0].cancelled.is_set():  # a stream whose client left while it waited
+                self.on_cancel()
+                continue
             model = self.holder.current  # one model for the whole batch, even if a swap happens now
             self.on_batch(len(batch))
             try:
@@ -207,7 +226,8 @@ class Batcher:
             try:
                 result["generation"] = generate_answers(
                     model.model, model.tokenizer, self._conversations(model, [job]), sampling.max_new_tokens,
-                    batch_size=1, streamer=streamer, **sampling.generate_kwargs(),
+                    batch_size=1, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Until(job.cancelled)]),
+                    **sampling.generate_kwargs(),
                 )
             except Exception as exc:
                 result["error"] = exc
@@ -231,6 +251,9 @@ class Batcher:
         worker.join()
         if "error" in result:
             raise result["error"]
+        if job.cancelled.is_set():
+            self.on_cancel()
+            return
         if len(text) > sent:
             job.deliver(text[sent:])
         generation = result["generation"]

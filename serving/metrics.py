@@ -28,6 +28,9 @@ class ServingMetrics:
             "qaforge_batch_size", "Requests answered per generate() call.", buckets=(1, 2, 4, 8, 16, 32),
             registry=self.registry,
         )
+        self.cancelled = Counter(
+            "qaforge_cancelled_streams", "Streams stopped because the client disconnected.", registry=self.registry
+        )
         self.model = Gauge("qaforge_model_info", "The model version served (1).", ["model", "version"], registry=self.registry)
 
     def serving(self, name: str, version: str | None) -> None:

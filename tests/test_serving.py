@@ -164,3 +164,21 @@ def test_metrics_logs_and_conversation_log(api: dict, caplog: pytest.LogCaptureF
     assert logged.key == "alice" and logged.answer == answer.json()["output_text"]
     document = convert_path(log_file, 2**20).export_to_markdown()
     assert "Who maintains public chargers?" in document
+
+
+def test_a_client_that_disconnects_stops_its_stream(api: dict) -> None:
+    def cancelled() -> float:
+        metrics = httpx.get(f"{api['url']}/metrics", headers=auth(api)).text
+        return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith("qaforge_cancelled_streams_total"))
+
+    before = cancelled()
+    body = {"messages": [{"role": "user", "content": "Explain EV charging in detail."}], "max_tokens": 64, "stream": True}
+    with httpx.stream("POST", f"{api['url']}/v1/chat/completions", json=body, headers=auth(api), timeout=60) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # the first event, then hang up
+    deadline = time.monotonic() + 60
+    while cancelled() == before:
+        assert time.monotonic() < deadline, "the server kept generating for a client that left"
+        time.sleep(0.2)
+    # The worker is free again: the next request is answered.
+    assert httpx.post(f"{api['url']}/predict", json={"input_text": "What is CCS?"}, headers=auth(api), timeout=60).status_code == 200
