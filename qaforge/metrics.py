@@ -28,7 +28,6 @@ _REFUSAL = re.compile(
     r"|no information|not sure)\b",
     re.IGNORECASE,
 )
-PER_EXAMPLE = ("rouge1", "rouge2", "rougeL", "token_f1", "exact_match", "answer_words")
 CORPUS = {"bleu": BLEU(), "chrf": CHRF()}
 # Metrics where lower is better; every gain below is "candidate minus other", signed so higher is better.
 LOWER_IS_BETTER = frozenset({"perplexity"})
@@ -141,6 +140,15 @@ def paired_bootstrap(
         low=float(np.percentile(gains, tail)),
         high=float(np.percentile(gains, 100 - tail)),
         confidence=confidence,
+    )
+
+
+def mean_gain(
+    metric: str, a: np.ndarray, b: np.ndarray, labels: tuple[str, str], samples: int, confidence: float
+) -> Interval:
+    """`paired_bootstrap` of the means of two per-question score arrays."""
+    return paired_bootstrap(
+        metric, lambda idx: float(a[idx].mean()), lambda idx: float(b[idx].mean()), len(a), labels, samples, confidence
     )
 
 

@@ -33,6 +33,9 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int | None = None
 
+    def finish_reason(self, stopped: bool, completion_tokens: int) -> str:
+        return "stop" if stopped or completion_tokens < self.max_new_tokens else "length"
+
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {}
         if self.temperature > 0:
@@ -212,8 +215,7 @@ class Batcher:
     @staticmethod
     def _completion(model: LoadedModel, sampling: Sampling, text: str, prompt: int, completion: int) -> Completion:
         text, stopped = cut_at_stop(text, sampling.stop)
-        finish = "stop" if stopped or completion < sampling.max_new_tokens else "length"
-        return Completion(text, prompt, completion, finish, model.version)
+        return Completion(text, prompt, completion, sampling.finish_reason(stopped, completion), model.version)
 
     def _stream(self, model: LoadedModel, job: _Job) -> None:
         sampling = job.sampling
@@ -256,8 +258,7 @@ class Batcher:
             return
         if len(text) > sent:
             job.deliver(text[sent:])
-        generation = result["generation"]
-        finish = "stop" if stopped or generation.completion_tokens[0] < sampling.max_new_tokens else "length"
+        prompt, completion = result["generation"].prompt_tokens[0], result["generation"].completion_tokens[0]
         job.deliver(
-            Completion(text.strip(), generation.prompt_tokens[0], generation.completion_tokens[0], finish, model.version)
+            Completion(text.strip(), prompt, completion, sampling.finish_reason(stopped, completion), model.version)
         )

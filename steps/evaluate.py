@@ -18,7 +18,7 @@ from zenml import get_step_context, step
 from qaforge.config import EvaluationConfig, PromptConfig
 from qaforge.general_data import GeneralQuestion, read_jsonl
 from qaforge.judge import pairwise, rubric_scores
-from qaforge.metrics import Scored, compare, contains_any, is_refusal, paired_bootstrap, score_answers
+from qaforge.metrics import Scored, compare, contains_any, is_refusal, mean_gain, score_answers
 from qaforge.modeling import generate_answers, load_for_inference, reference_nll, time_single_requests
 from qaforge.prompting import build_messages
 from qaforge.records import EvalReport, EvalRow, QADataset, QAPair, TrainedModel
@@ -97,19 +97,12 @@ def evaluate(
             metrics[label]["general_accuracy"] = float(general_correct[label].mean())
         del model
         log.info("%s: %s", label, {k: round(v, 4) for k, v in metrics[label].items()})
-    (a, b), options = list(model_dirs)[:2], {"samples": cfg.bootstrap_samples, "confidence": cfg.confidence}
-    comparisons = compare(scored[a], scored[b], (a, b), **options)
+    a, b = list(model_dirs)[:2]
+    comparisons = compare(scored[a], scored[b], (a, b), cfg.bootstrap_samples, cfg.confidence)
     if general:
         comparisons.append(
-            paired_bootstrap(
-                "general_accuracy",
-                lambda idx: general_correct[a][idx].mean(),
-                lambda idx: general_correct[b][idx].mean(),
-                len(general),
-                (a, b),
-                cfg.bootstrap_samples,
-                cfg.confidence,
-            )
+            mean_gain("general_accuracy", general_correct[a], general_correct[b], (a, b),
+                      cfg.bootstrap_samples, cfg.confidence)
         )
     report = EvalReport(
         metrics=metrics,
@@ -156,15 +149,8 @@ def judge(report: EvalReport, cfg: EvaluationConfig) -> EvalReport:
             for criterion in cfg.judge.criteria:
                 metrics[label][f"judge_{criterion}"] = mean(s[criterion] for s in scores)
         comparisons.append(
-            paired_bootstrap(
-                "judge",
-                lambda idx: means[labels[0]][idx].mean(),
-                lambda idx: means[labels[1]][idx].mean(),
-                len(rows),
-                (labels[0], labels[1]),
-                cfg.bootstrap_samples,
-                cfg.confidence,
-            )
+            mean_gain("judge", means[labels[0]], means[labels[1]], (labels[0], labels[1]),
+                      cfg.bootstrap_samples, cfg.confidence)
         )
     if "pairwise" in cfg.judge.modes:
         pairwise_result = pairwise(

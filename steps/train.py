@@ -235,8 +235,7 @@ def train(
         )
     finally:
         monitor.finish()
-    if cfg.method == "full":
-        load_tokenizer(base_dir).save_pretrained(result.model_dir)
+    if cfg.method == "full":  # the trainer saved the model with its tokenizer
         merged_dir, adapter_dir = result.model_dir, None
     else:
         merged_dir, adapter_dir = merge_adapter(base_dir, result.model_dir, work_dir / "merged"), result.model_dir
