@@ -7,42 +7,28 @@ candidate pairs each filter keeps.
 from __future__ import annotations
 
 import argparse
-import logging
-import tempfile
 import time
-from pathlib import Path
 
-from qaforge.config import ModelConfig, SourcesConfig, SynthesisConfig
-from qaforge.modeling import load_tokenizer, resolve_base_model
-from steps.chunk import chunk_corpus
-from steps.ingest import ingest
+from common import default_chunks, default_config
+
 from steps.synthesize import candidate_pairs, synthesize
-
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    logging.disable(logging.WARNING)
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus, _ = ingest(
-            SourcesConfig(
-                web=[{"start": "index.html", "serve_dir": SAMPLE / "site"}],
-                files=[SAMPLE / "docs"],
-                state_dir=Path(tmp),
-            )
-        )
-    chunks = chunk_corpus(corpus, load_tokenizer(resolve_base_model(ModelConfig())), 192)
-    cfg = SynthesisConfig()
+    config = default_config()
+    chunks = default_chunks(config)
+    cfg = config.synthesis
     start = time.perf_counter()
     for _ in range(args.repeat):
         data = synthesize(chunks, cfg)
     seconds = (time.perf_counter() - start) / args.repeat
     candidates = len(candidate_pairs(chunks, cfg)[0])
     kept = len(data.train) + len(data.val) + len(data.test)
-    print(f"{len(corpus.documents)} documents, {len(chunks.chunks)} chunks, {candidates} candidate pairs")
+    documents = len({c.doc_id for c in chunks.chunks})
+    print(f"{documents} documents, {len(chunks.chunks)} chunks, {candidates} candidate pairs")
     print(f"{'stage':<22}{'pairs':>7}{'share':>8}")
     remaining = candidates
     for name in ("empty", "refusal", "ungrounded", "length", "duplicate_question"):
