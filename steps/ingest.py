@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -58,12 +59,29 @@ def _title(doc: DoclingDocument, fallback: str) -> str:
     )
 
 
+def local_root(sources: SourcesConfig) -> Path | None:
+    """The deepest folder holding every local source (files and served folders)."""
+    folders = [Path(p).resolve() for p in sources.files]
+    folders = [p if p.is_dir() else p.parent for p in folders]
+    folders += [Path(w.serve_dir).resolve() for w in sources.web if w.serve_dir is not None]
+    return Path(os.path.commonpath(folders)) if folders else None
+
+
+def document_id(source: str, root: Path | None) -> str:
+    """A URL's hash, or the hash of a local path relative to `root`: a checkout of
+    the project anywhere else gives the same ids, so the same document split."""
+    if root is not None and not source.startswith(("http://", "https://")):
+        source = Path(source).resolve().relative_to(root).as_posix()
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
 class _Collector:
     """Builds Documents, reusing the previous run's for unchanged inputs."""
 
     def __init__(self, sources: SourcesConfig, state: IngestState) -> None:
         self.sources = sources
         self.state = state
+        self.root = local_root(sources)
         self.pdf_mode = "standard" if standard_pdf_available(sources.pdf_artifacts_path) else "native"
         self.documents: dict[str, tuple[str, Document]] = {}
         self.failures: list[IngestFailure] = []
@@ -78,7 +96,10 @@ class _Collector:
         status: int | None = None,
     ) -> None:
         key = hashlib.sha256(f"{input_hash}|{self.pdf_mode}".encode()).hexdigest()
-        if (doc := self.state.reusable(source, key)) is None:
+        doc_id = document_id(source, self.root)
+        if (doc := self.state.reusable(source, key)) is not None:
+            doc = doc.model_copy(update={"doc_id": doc_id})
+        else:
             try:
                 converted = convert()
             except ConversionError as exc:
@@ -86,7 +107,7 @@ class _Collector:
                 return
             markdown = normalize_text(converted.export_to_markdown()).strip()
             doc = Document(
-                doc_id=hashlib.sha256(source.encode()).hexdigest()[:16],
+                doc_id=doc_id,
                 source=source,
                 title=title or _title(converted, Path(source).stem),
                 markdown=markdown,
@@ -185,6 +206,7 @@ def ingest(sources: SourcesConfig) -> tuple[Corpus, IngestReport]:
     # A source that failed this time keeps its earlier document: nothing done is lost.
     for failure in collector.failures:
         if failure.source not in collector.documents and (old := state.previous(failure.source)):
+            old = old.model_copy(update={"doc_id": document_id(failure.source, collector.root)})
             collector.documents[failure.source] = (state.index[failure.source]["key"], old)
     documents = [doc for _, doc in collector.documents.values()]
     kept, duplicates = deduplicate(documents, sources.near_duplicate_threshold)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import socket
 from pathlib import Path
 
@@ -195,6 +196,24 @@ def test_nothing_ingested_fails_with_reasons(tmp_path: Path) -> None:
 def test_missing_source_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="sources.files: no such file or folder"):
         ingest(SourcesConfig(files=[tmp_path / "nope"], state_dir=tmp_path / "state"))
+
+
+def test_document_ids_do_not_depend_on_where_the_project_lives(tmp_path: Path) -> None:
+    """Two checkouts at different paths get the same ids, so the same split."""
+    ids = []
+    for checkout in (tmp_path / "a", tmp_path / "b" / "deeper"):
+        shutil.copytree(SAMPLE / "site", checkout / "site")
+        shutil.copy(SAMPLE / "docs" / "glossary.md", checkout / "glossary.md")
+        corpus, _ = ingest(
+            SourcesConfig(
+                web=[{"start": "levels.html", "serve_dir": checkout / "site", "max_depth": 0}],
+                files=[checkout / "glossary.md"],
+                state_dir=checkout / "state",
+            )
+        )
+        ids.append({Path(d.source).relative_to(checkout).as_posix(): d.doc_id for d in corpus.documents})
+    assert ids[0] == ids[1] and set(ids[0]) == {"site/levels.html", "glossary.md"}
+    assert len(set(ids[0].values())) == 2
 
 
 def test_served_folder_is_reachable_over_http() -> None:
