@@ -31,11 +31,16 @@ def test_pairs(data: QADataset, cfg: EvaluationConfig) -> list[QAPair]:
     return data.test[: cfg.max_examples] if cfg.max_examples else data.test
 
 
+def as_served(pairs: list[QAPair], prompt: PromptConfig) -> list[list[dict[str, str]]]:
+    """Each pair's conversation up to its question, as the server builds it."""
+    return [build_messages(p.question, prompt.system_prompt, p.history) for p in pairs]
+
+
 def answer_and_score(
     model: Any, tokenizer: Any, pairs: list[QAPair], prompt: PromptConfig, cfg: EvaluationConfig
 ) -> tuple[Scored, dict[str, float]]:
     """Scored answers, plus model-level numbers: refusal rates, speed and latency."""
-    conversations = [build_messages(p.question, prompt.system_prompt, p.history) for p in pairs]
+    conversations = as_served(pairs, prompt)
     references = [p.answer for p in pairs]
     generation = generate_answers(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size)
     nll = reference_nll(model, tokenizer, conversations, references, cfg.batch_size)

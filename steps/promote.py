@@ -14,9 +14,10 @@ from zenml.enums import ModelStages
 
 from qaforge.config import EvaluationConfig, PromptConfig, RegistryConfig
 from qaforge.metrics import paired_bootstrap, score_answers
+from qaforge.modeling import generate_answers
 from qaforge.records import EvalReport, Interval, PromotionDecision, QADataset, RegisteredModel
 from qaforge.tracking import model_registry, version_by_alias
-from steps.evaluate import answer_and_score, test_pairs
+from steps.evaluate import as_served, test_pairs
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,12 @@ def versus_production(
     if current is None or str(current.version) == registered.version:
         return None
     served = mlflow.pyfunc.load_model(f"models:/{registered.name}@{alias}").unwrap_python_model()
-    production, _ = answer_and_score(
-        served.model, served.tokenizer, test_pairs(data, cfg), prompt, cfg.model_copy(update={"latency_samples": 0})
+    # Only the answers: the gate's metrics are all answer scores.
+    pairs = test_pairs(data, cfg)
+    generation = generate_answers(
+        served.model, served.tokenizer, as_served(pairs, prompt), cfg.max_new_tokens, cfg.batch_size
     )
+    production = score_answers(generation.answers, [p.answer for p in pairs])
     candidate = score_answers([r.answers["candidate"] for r in report.rows], [r.reference for r in report.rows])
     metric = cfg.primary_metric
     interval = paired_bootstrap(

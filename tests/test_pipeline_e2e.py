@@ -1,5 +1,6 @@
 """The whole product as a user drives it: `qaforge setup`, `zenml pipeline run`
-twice (the second from cache), `qaforge info`, then `qaforge serve` over HTTP."""
+twice (the second from cache), `qaforge info`, `qaforge serve` over HTTP, then a
+retrain that has to beat the production version."""
 
 from __future__ import annotations
 
@@ -208,4 +209,29 @@ def test_served_model_answers_and_follows_the_alias(project: Path, first_run: st
     finally:
         server.terminate()
         server.wait(timeout=30)
+        client.set_registered_model_alias("qaforge-smoke", "production", "1")
+
+
+def test_retrained_candidate_is_gated_against_production(project: Path, first_run: str) -> None:
+    """A run that trains a new version re-scores production (v1) on its test split
+    and promotes only if it beats base and production."""
+    client = mlflow.MlflowClient(tracking_uri(project))
+    run_config = yaml.safe_load((project / "run.yaml").read_text())
+    run_config["parameters"]["config"]["training"]["seed"] = 7
+    (project / "retrain.yaml").write_text(yaml.safe_dump(run_config))
+    try:
+        out = _run(
+            "zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline", "-c", "retrain.yaml", cwd=project
+        )
+        decision = re.search(r"qaforge-smoke v(\d+) (PROMOTED|NOT promoted): (.*)", out)
+        assert decision and "production v1" in decision[3], out[-3000:]
+        run = client.get_run(client.get_model_version("qaforge-smoke", decision[1]).run_id)
+        first = client.get_run(client.get_model_version("qaforge-smoke", "1").run_id)
+        metrics = run.data.metrics
+        # The registered v1, reloaded, answers this split as it did when it was the candidate.
+        assert metrics["promotion/production_rougeL"] == pytest.approx(first.data.metrics["eval/candidate/rougeL"], abs=1e-4)
+        lows = metrics["eval/gain/rougeL_low"], metrics["promotion/gain_over_production_low"]
+        assert decision[2] == ("PROMOTED" if min(lows) > 0 else "NOT promoted"), decision[0]
+        assert run.data.tags["promotion.promoted"] == str(decision[2] == "PROMOTED")
+    finally:
         client.set_registered_model_alias("qaforge-smoke", "production", "1")
