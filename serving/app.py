@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qaforge.fsutil import append_line
 from qaforge.prompting import render_prompt, with_system_prompt
@@ -65,18 +66,50 @@ class PredictRequest(BaseModel):
     input_text: str = Field(min_length=1)
 
 
-class APIError(Exception):
-    """An error answered in OpenAI's shape."""
+class APIError(HTTPException):
+    """An error answered in OpenAI's shape. An HTTPException, so FastAPI passes it on
+    when it is raised while the request body is read."""
 
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
                  param: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
+        super().__init__(status, message, headers or {})
         self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
-        self.headers = headers or {}
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
         return JSONResponse(status_code=self.status, content=body, headers=self.headers)
+
+
+class BodyLimit:
+    """413 for a body over `max_bytes`: at once when its Content-Length says so, else
+    as soon as the bytes received pass it (a chunked upload declares no length)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    def too_large(self, size: str) -> APIError:
+        return APIError(413, f"request body of {size} bytes is over the limit of {self.max_bytes}",
+                        code="body_too_large")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self.too_large(declared.decode()).response()(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise self.too_large(f"at least {received}")
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
@@ -108,6 +141,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         await run_in_threadpool(state["batcher"].close)
 
     app = FastAPI(title="qaforge", lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # inside `observe`, which counts its 413s
 
     def model() -> LoadedModel:
         return state["holder"].current
@@ -128,12 +162,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
         start = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            response = APIError(413, f"request body of {length} bytes is over the limit of "
-                                f"{settings.max_body_bytes}", code="body_too_large").response()
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         route = request.scope.get("route")
         path = route.path if route is not None else "unmatched"
         seconds = time.perf_counter() - start

@@ -4,6 +4,7 @@ called with the official openai client and with raw requests."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -141,6 +142,21 @@ def test_bad_requests_get_clear_openai_errors(api: dict, body: dict, status: int
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["message"]
+
+
+def test_a_chunked_body_is_cut_off_at_the_size_limit(api: dict) -> None:
+    """No Content-Length to judge by: the server counts the bytes as they arrive."""
+    body = json.dumps({"messages": [{"role": "user", "content": "x" * 5000}]}).encode()
+    chunks = (body[i : i + 1024] for i in range(0, len(body), 1024))
+    response = httpx.post(f"{api['url']}/v1/chat/completions", content=chunks, timeout=60,
+                          headers=auth(api) | {"Content-Type": "application/json"})
+    assert response.status_code == 413, response.text
+    assert "content-length" not in response.request.headers
+    assert response.json()["error"]["code"] == "body_too_large"
+    small = json.dumps({"messages": [{"role": "user", "content": "What is OCPP?"}], "max_tokens": 4}).encode()
+    response = httpx.post(f"{api['url']}/v1/chat/completions", content=iter([small[:20], small[20:]]), timeout=60,
+                          headers=auth(api) | {"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
 
 
 def test_metrics_logs_and_conversation_log(api: dict, caplog: pytest.LogCaptureFixture) -> None:
