@@ -18,14 +18,16 @@ from qaforge.modeling import resolve_base_model
 from steps.evaluate import evaluate, metrics_table, test_pairs
 from steps.train import fit, merge_adapter, sft_dataset
 
-# Full fine-tuning moves every weight: the LoRA learning rate would wreck the model.
-LEARNING_RATES = {"full": 3e-5}
+# Each method at its own learning rate, whatever the default config's method is: full
+# fine-tuning moves every weight, so the LoRA rate would wreck the model, and the full
+# rate barely moves an adapter.
+LEARNING_RATES = {"qlora": 3e-4, "lora": 3e-4, "full": 3e-5}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--methods", nargs="+", default=["qlora", "lora", "full"])
+    parser.add_argument("--methods", nargs="+", choices=list(LEARNING_RATES), default=list(LEARNING_RATES))
     args = parser.parse_args()
     config = default_config()
     data = default_dataset(config)
@@ -36,7 +38,7 @@ def main() -> None:
     for method in args.methods:
         cfg = config.training.model_copy(
             update={"method": method, "max_steps": args.steps or config.training.max_steps}
-            | ({"learning_rate": LEARNING_RATES[method]} if method in LEARNING_RATES else {})
+            | {"learning_rate": LEARNING_RATES[method]}
         )
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
