@@ -15,10 +15,10 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qaforge.fsutil import append_line
@@ -40,6 +41,7 @@ from serving.models import LoadedModel, ModelHolder, load_model
 from serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ChatMessage(BaseModel):
@@ -112,6 +114,59 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+class Observe:
+    """Around every request: a request id (echoed as x-request-id), Prometheus request
+    metrics and one JSON log line, written when the response (or stream) has ended.
+    Plain ASGI, not BaseHTTPMiddleware, which hides client disconnects from handlers."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id
+        start, status = time.perf_counter(), 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append("x-request-id", request_id)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            seconds = time.perf_counter() - start
+            self.metrics.observe(route.path if route is not None else "unmatched", status, seconds)
+            REQUEST_LOG.info(
+                "request",
+                extra={"request_id": request_id, "method": request.method, "path": request.url.path,
+                       "status": status, "ms": round(1000 * seconds, 1),
+                       "key": getattr(request.state, "key", None), **getattr(request.state, "log", {})},
+            )
+
+
+class ClientGone(Exception):
+    """The client of a non-streaming request disconnected before its answer."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T], poll_seconds: float = 0.5) -> T:
+    """`work`'s result, or ClientGone once the client has gone, with `work` cancelled:
+    a plain request sends nothing until it is answered, so only polling tells."""
+    task = asyncio.ensure_future(work)
+    while not (await asyncio.wait({task}, timeout=poll_seconds))[0]:
+        if await request.is_disconnected():
+            task.cancel()
+            raise ClientGone
+    return task.result()
+
+
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     keys = KeyStore(settings.keys_file, settings.tokens_env)
@@ -141,7 +196,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         await run_in_threadpool(state["batcher"].close)
 
     app = FastAPI(title="qaforge", lifespan=lifespan)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # inside `observe`, which counts its 413s
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Observe, metrics=metrics)  # added last, so outermost: it sees BodyLimit's 413s
 
     def model() -> LoadedModel:
         return state["holder"].current
@@ -157,27 +213,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         metrics.key_requests.labels(key=key.name).inc()
         return key
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = route.path if route is not None else "unmatched"
-        seconds = time.perf_counter() - start
-        metrics.requests.labels(route=path, status=str(response.status_code)).inc()
-        metrics.latency.labels(route=path).observe(seconds)
-        if response.status_code >= 400:
-            metrics.errors.labels(status=str(response.status_code)).inc()
-        response.headers["x-request-id"] = request_id
-        REQUEST_LOG.info(
-            "request",
-            extra={"request_id": request_id, "method": request.method, "path": request.url.path,
-                   "status": response.status_code, "ms": round(1000 * seconds, 1),
-                   "key": getattr(request.state, "key", None), **getattr(request.state, "log", {})},
-        )
-        return response
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request", for the logs and metrics
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -252,7 +290,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     async def predict(body: PredictRequest, request: Request, key: ApiKey = Depends(authenticate)) -> dict[str, Any]:
         messages = [{"role": "user", "content": body.input_text}]
         admit(request, key, messages, settings.max_new_tokens)
-        result = await state["batcher"].complete(messages, Sampling(settings.max_new_tokens))
+        result = await unless_disconnected(request, state["batcher"].complete(messages, Sampling(settings.max_new_tokens)))
         settle(request, key, messages, settings.max_new_tokens, result)
         return {"output_text": result.text, "model_version": result.version}
 
@@ -272,7 +310,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         head = {"id": completion_id, "created": created, "model": current.name,
                 "system_fingerprint": f"v{current.version}" if current.version else None}
         if not body.stream:
-            result = await state["batcher"].complete(messages, sampling)
+            result = await unless_disconnected(request, state["batcher"].complete(messages, sampling))
             settle(request, key, messages, max_tokens, result)
             return head | {
                 "object": "chat.completion",

@@ -68,7 +68,7 @@ class _Job:
     future: asyncio.Future | None = None
     chunks: asyncio.Queue | None = None  # streaming: text pieces, then the Completion
     queued: float = field(default_factory=time.monotonic)
-    cancelled: threading.Event = field(default_factory=threading.Event)  # the streaming client left
+    cancelled: threading.Event = field(default_factory=threading.Event)  # the client left
 
     def batchable_with(self, other: _Job) -> bool:
         return self.chunks is None and other.chunks is None and self.sampling == other.sampling
@@ -80,14 +80,14 @@ class _Job:
             self.loop.call_soon_threadsafe(_settle, self.future, item)
 
 
-class _Until(StoppingCriteria):
-    """Stops generate() once the event is set."""
+class _Abandoned(StoppingCriteria):
+    """Ends each row of a generate() call whose client has left (row i is jobs[i])."""
 
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
+    def __init__(self, jobs: list[_Job]) -> None:
+        self.events = [job.cancelled for job in jobs]
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+        return torch.tensor([event.is_set() for event in self.events], dtype=torch.bool, device=input_ids.device)
 
 
 def _settle(future: asyncio.Future, item: Any) -> None:
@@ -122,7 +122,11 @@ class Batcher:
         loop = asyncio.get_running_loop()
         job = _Job(messages, sampling, loop, future=loop.create_future())
         self._jobs.put(job)
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # the client left: stop generating for nobody
+            job.cancelled.set()
+            raise
 
     async def stream(self, messages: list[dict[str, str]], sampling: Sampling) -> AsyncIterator[str | Completion]:
         """Text pieces as they are generated, then the Completion."""
@@ -173,8 +177,10 @@ class Batcher:
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
-            if batch[0].cancelled.is_set():  # a stream whose client left while it waited
-                self.on_cancel()
+            for job in batch:  # clients that left while their job waited
+                if job.cancelled.is_set():
+                    self.on_cancel()
+            if not (batch := [job for job in batch if not job.cancelled.is_set()]):
                 continue
             model = self.holder.current  # one model for the whole batch, even if a swap happens now
             self.on_batch(len(batch))
@@ -183,7 +189,10 @@ class Batcher:
                     self._stream(model, batch[0])
                 else:
                     for job, completion in zip(batch, self._generate(model, batch)):
-                        job.deliver(completion)
+                        if job.cancelled.is_set():
+                            self.on_cancel()
+                        else:
+                            job.deliver(completion)
             except Exception as exc:
                 log.exception("generation failed for a batch of %d", len(batch))
                 for job in batch:
@@ -203,6 +212,7 @@ class Batcher:
             self._conversations(model, jobs),
             sampling.max_new_tokens,
             batch_size=len(jobs),
+            stopping_criteria=StoppingCriteriaList([_Abandoned(jobs)]),
             **sampling.generate_kwargs(),
         )
         return [
@@ -228,7 +238,7 @@ class Batcher:
             try:
                 result["generation"] = generate_answers(
                     model.model, model.tokenizer, self._conversations(model, [job]), sampling.max_new_tokens,
-                    batch_size=1, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Until(job.cancelled)]),
+                    batch_size=1, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Abandoned([job])]),
                     **sampling.generate_kwargs(),
                 )
             except Exception as exc:

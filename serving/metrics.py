@@ -29,9 +29,15 @@ class ServingMetrics:
             registry=self.registry,
         )
         self.cancelled = Counter(
-            "qaforge_cancelled_streams", "Streams stopped because the client disconnected.", registry=self.registry
+            "qaforge_cancelled_requests", "Generations stopped or skipped because the client disconnected.", registry=self.registry
         )
         self.model = Gauge("qaforge_model_info", "The model version served (1).", ["model", "version"], registry=self.registry)
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route=route, status=str(status)).inc()
+        self.latency.labels(route=route).observe(seconds)
+        if status >= 400:
+            self.errors.labels(status=str(status)).inc()
 
     def serving(self, name: str, version: str | None) -> None:
         self.model.clear()

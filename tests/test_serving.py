@@ -21,7 +21,9 @@ from fastapi import FastAPI
 from qaforge.records import ConversationRecord
 from qaforge.sources.files import convert_path
 from serving.app import create_app
+from serving.batching import Batcher, Sampling, _Job
 from serving.keys import create_key, revoke_key
+from serving.models import ModelHolder, load_model
 from serving.settings import ServeSettings
 
 from fixture_site import free_port
@@ -182,19 +184,46 @@ def test_metrics_logs_and_conversation_log(api: dict, caplog: pytest.LogCaptureF
     assert "Who maintains public chargers?" in document
 
 
-def test_a_client_that_disconnects_stops_its_stream(api: dict) -> None:
-    def cancelled() -> float:
-        metrics = httpx.get(f"{api['url']}/metrics", headers=auth(api)).text
-        return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith("qaforge_cancelled_streams_total"))
+def cancelled(api: dict) -> float:
+    metrics = httpx.get(f"{api['url']}/metrics", headers=auth(api)).text
+    return next(float(line.split()[1]) for line in metrics.splitlines() if line.startswith("qaforge_cancelled_requests_total"))
 
-    before = cancelled()
-    body = {"messages": [{"role": "user", "content": "Explain EV charging in detail."}], "max_tokens": 64, "stream": True}
-    with httpx.stream("POST", f"{api['url']}/v1/chat/completions", json=body, headers=auth(api), timeout=60) as r:
-        assert r.status_code == 200
-        next(r.iter_lines())  # the first event, then hang up
+
+def wait_for_cancel(api: dict, before: float) -> None:
     deadline = time.monotonic() + 60
-    while cancelled() == before:
+    while cancelled(api) == before:
         assert time.monotonic() < deadline, "the server kept generating for a client that left"
         time.sleep(0.2)
     # The worker is free again: the next request is answered.
     assert httpx.post(f"{api['url']}/predict", json={"input_text": "What is CCS?"}, headers=auth(api), timeout=60).status_code == 200
+
+
+def test_a_client_that_disconnects_stops_its_stream(api: dict) -> None:
+    before = cancelled(api)
+    body = {"messages": [{"role": "user", "content": "Explain EV charging in detail."}], "max_tokens": 64, "stream": True}
+    with httpx.stream("POST", f"{api['url']}/v1/chat/completions", json=body, headers=auth(api), timeout=60) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # the first event, then hang up
+    wait_for_cancel(api, before)
+
+
+def test_a_client_that_gives_up_on_a_plain_request_stops_its_generation(api: dict) -> None:
+    before = cancelled(api)
+    body = {"messages": [{"role": "user", "content": "Explain EV charging in detail."}], "max_tokens": 64}
+    with pytest.raises(httpx.ReadTimeout):  # then httpx closes the connection
+        httpx.post(f"{api['url']}/v1/chat/completions", json=body, headers=auth(api), timeout=0.3)
+    wait_for_cancel(api, before)
+
+
+def test_abandoned_rows_of_a_batch_stop_and_the_rest_finish(base_model_dir: str) -> None:
+    batcher = Batcher(ModelHolder(load_model(base_model_dir)), window_seconds=0, max_batch_size=2)
+    try:
+        loop = asyncio.new_event_loop()
+        question = [{"role": "user", "content": "Explain EV charging in detail."}]
+        jobs = [_Job(question, Sampling(24), loop), _Job(question, Sampling(24), loop)]
+        jobs[1].cancelled.set()
+        kept, abandoned = batcher._generate(batcher.holder.current, jobs)
+        assert kept.completion_tokens == 24 and kept.text
+        assert abandoned.completion_tokens == 1, "stopped after its first token"
+    finally:
+        batcher.close()
