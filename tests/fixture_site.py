@@ -1,15 +1,20 @@
 """A small web site served on 127.0.0.1 with the failure modes crawlers meet:
 robots.txt rules, 404, 500, a 429 that clears on retry, a slow page, a binary file,
-a PDF, page chrome and banners, a near-duplicate page, and a page tests can edit."""
+a PDF, page chrome and banners, a near-duplicate page, and a page tests can edit.
+Also the small helpers for the other servers tests start on 127.0.0.1."""
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import httpx
 
 from qaforge.sources.web import serve_on_loopback
 
@@ -163,3 +168,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_health(base: str, process: subprocess.Popen, log_path: Path, timeout: float = 180) -> httpx.Response:
+    """Poll a server process's open /health until it answers 200; fail with its log
+    if the process exits or does not come up in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, log_path.read_text()[-5000:]
+        try:
+            health = httpx.get(f"{base}/health", timeout=2)
+            if health.status_code == 200:
+                return health
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"server did not start:\n{log_path.read_text()[-5000:]}"
+        time.sleep(0.5)

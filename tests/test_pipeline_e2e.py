@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import REPO, SAMPLE
-from fixture_site import free_port
+from fixture_site import free_port, wait_for_health
 
 pytestmark = pytest.mark.e2e
 CACHED_STEPS = ["chunk_step", "synthesize_step", "train_step", "evaluate_step", "register_step", "promote_step"]
@@ -148,18 +148,7 @@ def test_served_model_answers_and_follows_the_alias(project: Path, first_run: st
     base = f"http://127.0.0.1:{port}"
     client = mlflow.MlflowClient(tracking_uri(project))
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, log_path.read_text()[-5000:]
-            try:
-                health = httpx.get(f"{base}/health", timeout=2)
-                if health.status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(1)
-        assert health.json()["version"] == "1"
+        assert wait_for_health(base, server, log_path).json()["version"] == "1"
 
         question = {"input_text": "What is a typical Level 2 charging voltage?"}
         assert httpx.post(f"{base}/predict", json=question).status_code == 401

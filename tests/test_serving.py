@@ -6,6 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +30,8 @@ from serving.keys import create_key, revoke_key
 from serving.models import ModelHolder, load_model
 from serving.settings import ServeSettings
 
-from fixture_site import free_port
+from conftest import REPO
+from fixture_site import free_port, wait_for_health
 
 QUESTION = [{"role": "user", "content": "What is a Level 2 charger?"}]
 
@@ -227,3 +232,37 @@ def test_abandoned_rows_of_a_batch_stop_and_the_rest_finish(base_model_dir: str)
         assert abandoned.completion_tokens == 1, "stopped after its first token"
     finally:
         batcher.close()
+
+
+def test_sighup_reloads_the_keys_file(base_model_dir: str, tmp_path: Path) -> None:
+    """For keys files whose change the modification time does not show (a restored
+    backup, a copy that keeps times): SIGHUP makes the server re-read it at once.
+    The signal handler needs the server's main thread, so the app runs as uvicorn does."""
+    keys_file = tmp_path / "keys.yaml"
+    key = create_key(keys_file, "dave")
+    port, log_path = free_port(), tmp_path / "server.log"
+    env = os.environ | {"QAFORGE_MODEL_URI": base_model_dir, "QAFORGE_KEYS_FILE": str(keys_file),
+                        "QAFORGE_TOKENS_ENV": "QAFORGE_TEST_UNSET", "QAFORGE_RELOAD_SECONDS": "0"}
+    with log_path.open("w") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "serving.app:create_app", "--port", str(port)],
+            cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+    try:
+        wait_for_health(base, server, log_path)
+        assert httpx.get(f"{base}/v1/models", headers=headers).status_code == 200
+        before = keys_file.stat()
+        revoke_key(keys_file, "dave")
+        os.utime(keys_file, ns=(before.st_atime_ns, before.st_mtime_ns))
+        time.sleep(1.5)  # past the once-a-second modification-time check
+        assert httpx.get(f"{base}/v1/models", headers=headers).status_code == 200, "the change is hidden"
+        server.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while (r := httpx.get(f"{base}/v1/models", headers=headers)).status_code == 200:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the keys"
+            time.sleep(0.2)
+        assert r.status_code == 403 and "revoked" in r.json()["error"]["message"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
