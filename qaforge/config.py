@@ -279,7 +279,9 @@ class JudgeConfig(EndpointConfig):
 
 class EvaluationConfig(_Strict):
     max_new_tokens: int = Field(default=64, ge=1)
-    batch_size: int = Field(default=8, ge=1)
+    batch_size: int = Field(
+        default=32, ge=1, description="Questions generated together, grouped by prompt length (greedy either way)."
+    )
     max_examples: int | None = Field(default=None, ge=1)
     primary_metric: Literal["rougeL", "rouge1", "rouge2", "bleu", "chrf", "token_f1"] = "rougeL"
     bootstrap_samples: int = Field(default=1000, ge=100, description="Paired bootstrap resamples.")

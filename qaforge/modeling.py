@@ -84,25 +84,32 @@ class Generation:
         return sum(self.completion_tokens)
 
 
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices in batches of similar length, so little compute goes to padding. Each
+    batch keeps its rows in input order: one batch is exactly the input."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [sorted(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
 @torch.inference_mode()
 def generate_answers(
     model: Any,
     tokenizer: Any,
     conversations: list[list[dict[str, str]]],
     max_new_tokens: int,
-    batch_size: int = 8,
+    batch_size: int = 32,
     **generate_kwargs: Any,
 ) -> Generation:
-    """Answers to each conversation (see `prompting.build_messages`), in batches;
-    greedy unless `generate_kwargs` ask for sampling (or pass a streamer)."""
-    answers: list[str] = []
-    prompt_tokens: list[int] = []
-    completion_tokens: list[int] = []
+    """Answers to each conversation (see `prompting.build_messages`), in input order,
+    generated in batches of similar prompt length; greedy unless `generate_kwargs` ask
+    for sampling (or pass a streamer)."""
+    n = len(conversations)
+    answers, prompt_tokens, completion_tokens = [""] * n, [0] * n, [0] * n
+    # The chat template already carries the special tokens.
+    encoded = tokenizer([render_prompt(tokenizer, c) for c in conversations], add_special_tokens=False)["input_ids"]
     start = time.perf_counter()
-    for i in range(0, len(conversations), batch_size):
-        prompts = [render_prompt(tokenizer, c) for c in conversations[i : i + batch_size]]
-        # The chat template already carries the special tokens.
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    for rows in length_batches([len(ids) for ids in encoded], batch_size):
+        batch = tokenizer.pad({"input_ids": [encoded[r] for r in rows]}, return_tensors="pt")
         output = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
@@ -111,11 +118,9 @@ def generate_answers(
             **({"do_sample": False} | generate_kwargs | ({"tokenizer": tokenizer} if "stop_strings" in generate_kwargs else {})),
         )
         generated = output[:, batch["input_ids"].shape[1] :]
-        prompt_tokens += batch["attention_mask"].sum(dim=1).tolist()
-        completion_tokens += (generated != tokenizer.pad_token_id).sum(dim=1).tolist()
-        answers.extend(
-            text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)
-        )
+        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        for r, text, new in zip(rows, texts, (generated != tokenizer.pad_token_id).sum(dim=1).tolist()):
+            answers[r], prompt_tokens[r], completion_tokens[r] = text.strip(), len(encoded[r]), new
     return Generation(
         answers=answers,
         seconds=time.perf_counter() - start,
@@ -130,34 +135,34 @@ def reference_nll(
     tokenizer: Any,
     conversations: list[list[dict[str, str]]],
     answers: list[str],
-    batch_size: int = 8,
+    batch_size: int = 32,
 ) -> list[tuple[float, int]]:
     """(summed negative log-likelihood, token count) of each reference answer after its
     prompt: the perplexity a model assigns to the answers it should give."""
-    results: list[tuple[float, int]] = []
-    for i in range(0, len(conversations), batch_size):
-        rows = []
-        for messages, answer in zip(conversations[i : i + batch_size], answers[i : i + batch_size]):
-            prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-            answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-            rows.append((prompt + answer_ids, len(prompt)))
-        width = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-        labels = torch.full((len(rows), width), -100)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, (ids, prompt_len) in enumerate(rows):
-            input_ids[r, : len(ids)] = torch.tensor(ids)
-            labels[r, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
-            mask[r, : len(ids)] = 1
+    rows = []
+    for messages, answer in zip(conversations, answers):
+        prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        rows.append((prompt + answer_ids, len(prompt)))
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    for batch in length_batches([len(ids) for ids, _ in rows], batch_size):
+        width = max(len(rows[r][0]) for r in batch)
+        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, r in enumerate(batch):
+            ids, prompt_len = rows[r]
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+            mask[i, : len(ids)] = 1
         logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
         targets = labels[:, 1:]
         nll = torch.nn.functional.cross_entropy(
             logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
         )
         counted = targets != -100
-        results.extend(
-            (float(nll[r][counted[r]].sum()), int(counted[r].sum())) for r in range(len(rows))
-        )
+        for i, r in enumerate(batch):
+            results[r] = (float(nll[i][counted[i]].sum()), int(counted[i].sum()))
     return results
 
 

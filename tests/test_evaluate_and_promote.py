@@ -8,7 +8,7 @@ import torch
 from qaforge.metrics import (
     compare, contains_any, is_refusal, normalize_answer, paired_bootstrap, score_answers, token_f1,
 )
-from qaforge.modeling import load_for_inference, reference_nll
+from qaforge.modeling import generate_answers, length_batches, load_for_inference, reference_nll
 from qaforge.prompting import build_messages, render_prompt
 from qaforge.records import Interval
 from steps.evaluate import metrics_table
@@ -71,6 +71,19 @@ def test_reference_nll_equals_the_models_own_loss(base_model_dir) -> None:  # no
     longer = build_messages("Explain in detail how a Level 2 charger works at home?", "Be brief.")
     (nll_batched, _), _ = reference_nll(model, tokenizer, [messages, longer], [answer, answer])
     assert nll_batched == pytest.approx(nll, rel=1e-4)
+
+
+def test_batches_group_similar_lengths_and_answers_keep_input_order(base_model_dir) -> None:  # noqa: ANN001
+    assert length_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [2, 4], [0]]
+    assert length_batches([3, 1, 2], 8) == [[0, 1, 2]], "one batch is the input as it is"
+    model, tokenizer = load_for_inference(base_model_dir)
+    questions = ["What is OCPP?", "Explain in detail how a Level 2 charger works at home, step by step?", "Why?"]
+    conversations = [build_messages(q, "Be brief.") for q in questions]
+    batched = generate_answers(model, tokenizer, conversations, 8, batch_size=2)
+    alone = [generate_answers(model, tokenizer, [c], 8, batch_size=1) for c in conversations]
+    assert batched.answers == [g.answers[0] for g in alone]
+    assert batched.prompt_tokens == [g.prompt_tokens[0] for g in alone]
+    assert batched.completion_tokens == [g.completion_tokens[0] for g in alone]
 
 
 def test_bootstrap_interval_on_known_data() -> None:
