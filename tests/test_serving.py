@@ -266,3 +266,30 @@ def test_sighup_reloads_the_keys_file(base_model_dir: str, tmp_path: Path) -> No
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# What the pipeline extra brings: the serving image (base install) has none of it.
+PIPELINE_ONLY = ["zenml", "peft", "trl", "bitsandbytes", "accelerate", "datasets", "gguf", "crawl4ai", "docling",
+                 "bs4", "datasketch", "langdetect", "tenacity", "rouge_score", "sacrebleu"]
+SERVE_ONLY = """
+import sys
+for name in {blocked!r}:
+    sys.modules[name] = None  # as if not installed: importing it fails, find_spec finds nothing
+import qaforge.cli, qaforge.mlflow_model
+from qaforge.modeling import generate_answers
+from serving.app import create_app
+from serving.models import load_model
+from serving.settings import ServeSettings
+create_app(ServeSettings(model_uri={model!r}, tokens_env="QAFORGE_TEST_KEY"))
+loaded = load_model({model!r})
+print(generate_answers(loaded.model, loaded.tokenizer, [[{{"role": "user", "content": "Hi"}}]], 4).answers[0])
+"""
+
+
+def test_serving_needs_nothing_from_the_pipeline_extra(base_model_dir: str) -> None:
+    """docker/Dockerfile.serve installs qaforge without the `pipeline` extra."""
+    script = SERVE_ONLY.format(blocked=PIPELINE_ONLY, model=base_model_dir)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=os.environ | {"QAFORGE_TEST_KEY": "k"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip()
