@@ -268,9 +268,10 @@ def test_sighup_reloads_the_keys_file(base_model_dir: str, tmp_path: Path) -> No
         server.wait(timeout=30)
 
 
-# What the pipeline extra brings: the serving image (base install) has none of it.
+# The pipeline extra's packages that no base dependency installs too (tqdm and
+# matplotlib come with transformers and mlflow): the serving image has none of them.
 PIPELINE_ONLY = ["zenml", "peft", "trl", "bitsandbytes", "accelerate", "datasets", "gguf", "crawl4ai", "docling",
-                 "bs4", "datasketch", "langdetect", "tenacity", "rouge_score", "sacrebleu"]
+                 "bs4", "datasketch", "langdetect", "tenacity", "rouge_score", "sacrebleu", "httpx"]
 SERVE_ONLY = """
 import sys
 for name in {blocked!r}:
