@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from qaforge.hardware import Device, Precision, Quantization
+
 # Shipped with qaforge: general QA (forgetting guard) and replay data.
 GENERAL_DATA = Path(__file__).resolve().parent / "data"
 # The MyCoach rubric.
@@ -29,6 +31,25 @@ DEFAULT_SYSTEM_PROMPT = (
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComputeOptions(_Strict):
+    """Where a model runs and in what precision (qaforge/hardware.py decides `auto`;
+    `qaforge doctor` prints the choice)."""
+
+    device: Device = Field(default=Device.AUTO, description="auto: the CUDA GPU if there is one, else the CPU.")
+    precision: Precision = Field(
+        default=Precision.AUTO,
+        description="auto: bf16 where it is native (a CUDA GPU with bf16, a CPU with AVX512_BF16 or AMX), "
+        "fp16 on older GPUs, fp32 on other CPUs. Training with bf16/fp16 is mixed precision.",
+    )
+
+
+class InferenceOptions(ComputeOptions):
+    quantization: Quantization = Field(
+        default=Quantization.NONE,
+        description="Load the weights in 8bit or 4bit (bitsandbytes), for models too big for the device.",
+    )
 
 
 class WebSource(_Strict):
@@ -218,7 +239,7 @@ class ReplayConfig(_Strict):
     ratio: float = Field(default=0.1, gt=0, le=1, description="Replay examples per domain training example.")
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(ComputeOptions):
     method: Literal["qlora", "lora", "full"] = Field(
         default="qlora",
         description="qlora: LoRA on a 4-bit NF4 base; lora: LoRA on a full-precision base; full: every weight.",
@@ -277,7 +298,10 @@ class JudgeConfig(EndpointConfig):
     max_tokens: int = Field(default=512, ge=16)
 
 
-class EvaluationConfig(_Strict):
+class EvaluationConfig(InferenceOptions):
+    """Scores the models where and how they will be served: `device`, `precision` and
+    `quantization` apply to base, candidate and the production re-score alike."""
+
     max_new_tokens: int = Field(default=64, ge=1)
     batch_size: int = Field(
         default=32, ge=1, description="Questions generated together, grouped by prompt length (greedy either way)."
@@ -316,7 +340,7 @@ class RegistryConfig(_Strict):
     )
 
 
-class ServingConfig(_Strict):
+class ServingConfig(InferenceOptions):
     """How the API serves the production model. `qaforge serve` takes these from the run
     config; under plain uvicorn each can be set as QAFORGE_<NAME> (see serving/settings.py)."""
 
@@ -359,6 +383,7 @@ class QAForgeConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     registry: RegistryConfig = RegistryConfig()
     serving: ServingConfig = ServingConfig()
+    verbose: bool = Field(default=False, description="Show the INFO logs of docling, crawl4ai and the like.")
 
 
 class ConfigError(ValueError):

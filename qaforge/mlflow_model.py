@@ -7,14 +7,26 @@ from typing import Any
 
 import mlflow
 
+from qaforge.config import InferenceOptions
 from qaforge.modeling import generate_answers, load_for_inference
 from qaforge.prompting import build_messages
 
 
+# Logged with every model so that a loader can override them:
+# mlflow.pyfunc.load_model(uri, model_config=inference_options(...)).
+INFERENCE_KEYS = tuple(InferenceOptions.model_fields)
+
+
+def inference_options(options: InferenceOptions) -> dict[str, str]:
+    return options.model_dump(mode="json", include=set(INFERENCE_KEYS))
+
+
 class QAModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
-        self.model, self.tokenizer = load_for_inference(context.artifacts["model_dir"])
-        self.system_prompt: str | None = context.model_config.get("system_prompt")
+        config = context.model_config
+        options = InferenceOptions(**{k: config[k] for k in INFERENCE_KEYS if config.get(k) is not None})
+        self.model, self.tokenizer = load_for_inference(context.artifacts["model_dir"], options)
+        self.system_prompt: str | None = config.get("system_prompt")
 
     def predict(self, context: Any, model_input: list[str], params: dict | None = None) -> list[str]:
         max_new_tokens = int((params or {}).get("max_new_tokens", 128))
@@ -32,7 +44,7 @@ def log_qa_model(merged_dir: str, system_prompt: str | None) -> str:
         name="model",
         python_model=QAModel(),
         artifacts={"model_dir": merged_dir},
-        model_config={"system_prompt": system_prompt},
+        model_config={"system_prompt": system_prompt} | inference_options(InferenceOptions()),
         pip_requirements=["mlflow", "torch", "transformers", "pydantic"],
     )
     return info.model_uri

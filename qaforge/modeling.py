@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from qaforge.config import ModelConfig
+from qaforge.config import InferenceOptions, ModelConfig
+from qaforge.hardware import Machine, decide, quantization_config
 from qaforge.prompting import render_prompt
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,22 @@ def load_tokenizer(path: str) -> Any:
     return tokenizer
 
 
-def load_for_inference(path: str) -> tuple[Any, Any]:
+def load_for_inference(path: str, options: InferenceOptions | None = None) -> tuple[Any, Any]:
+    """The model on the device and in the precision `options` ask for (`auto`: what
+    this machine runs best), optionally quantized by bitsandbytes."""
+    options = options or InferenceOptions()
     tokenizer = load_tokenizer(path)
     tokenizer.padding_side = "left"  # generation continues from the right edge
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    compute = decide(Machine.detect(), options.device, options.precision)
+    quantization = quantization_config(options.quantization, compute)
+    if quantization is None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=compute.dtype).to(compute.device.value)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=compute.dtype, quantization_config=quantization, device_map=compute.device.value
+        )
+    log.info("loaded %s on %s%s", path, compute,
+             f", {options.quantization.value} weights" if quantization is not None else "")
     model.eval()
     return model, tokenizer
 
@@ -109,7 +122,7 @@ def generate_answers(
     encoded = tokenizer([render_prompt(tokenizer, c) for c in conversations], add_special_tokens=False)["input_ids"]
     start = time.perf_counter()
     for rows in length_batches([len(ids) for ids in encoded], batch_size):
-        batch = tokenizer.pad({"input_ids": [encoded[r] for r in rows]}, return_tensors="pt")
+        batch = tokenizer.pad({"input_ids": [encoded[r] for r in rows]}, return_tensors="pt").to(model.device)
         output = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
@@ -155,6 +168,7 @@ def reference_nll(
             input_ids[i, : len(ids)] = torch.tensor(ids)
             labels[i, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
             mask[i, : len(ids)] = 1
+        input_ids, labels, mask = (t.to(model.device) for t in (input_ids, labels, mask))
         logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
         targets = labels[:, 1:]
         nll = torch.nn.functional.cross_entropy(

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -180,7 +180,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             import mlflow
 
             mlflow.set_tracking_uri(settings.tracking_uri)
-        holder = ModelHolder(await run_in_threadpool(load_model, settings.model_uri),
+        holder = ModelHolder(await run_in_threadpool(load_model, settings.model_uri, settings), settings,
                              on_swap=lambda m: metrics.serving(m.name, m.version))
         metrics.serving(holder.current.name, holder.current.version)
         state["holder"] = holder
@@ -281,7 +281,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
             request.state.log |= {"messages": messages, "answer": result.text}
         if settings.conversation_log:
             record = ConversationRecord(
-                time=datetime.now(timezone.utc), request_id=request.state.request_id, key=key.name,
+                time=datetime.now(UTC), request_id=request.state.request_id, key=key.name,
                 model=model().name, version=result.version, messages=messages, answer=result.text,
             )
             append_line(settings.conversation_log, record.model_dump_json())

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qaforge.config import InferenceOptions
+
 log = logging.getLogger(__name__)
 
 
@@ -41,18 +43,24 @@ def model_name(uri: str) -> str:
     return Path(uri).name
 
 
-def load_model(uri: str) -> LoadedModel:
+def load_model(uri: str, options: InferenceOptions | None = None) -> LoadedModel:
     """Load the version the URI points at now (pinned, so a concurrent alias move cannot
-    make the recorded version and the loaded weights disagree)."""
+    make the recorded version and the loaded weights disagree), on the device and in
+    the precision `options` ask for."""
+    options = options or InferenceOptions()
     version = registry_version(uri)
     if version is None:
         from qaforge.modeling import load_for_inference
 
-        model, tokenizer = load_for_inference(uri)
+        model, tokenizer = load_for_inference(uri, options)
         return LoadedModel(uri, model_name(uri), None, model, tokenizer, None)
     import mlflow
 
-    qa = mlflow.pyfunc.load_model(f"models:/{model_name(uri)}/{version}").unwrap_python_model()
+    from qaforge.mlflow_model import inference_options
+
+    qa = mlflow.pyfunc.load_model(
+        f"models:/{model_name(uri)}/{version}", model_config=inference_options(options)
+    ).unwrap_python_model()
     return LoadedModel(uri, model_name(uri), version, qa.model, qa.tokenizer, qa.system_prompt)
 
 
@@ -60,8 +68,14 @@ class ModelHolder:
     """The current model. Requests read `current` once and keep that object, so a swap
     never changes the model under a request in flight."""
 
-    def __init__(self, current: LoadedModel, on_swap: Callable[[LoadedModel], None] = lambda m: None) -> None:
+    def __init__(
+        self,
+        current: LoadedModel,
+        options: InferenceOptions | None = None,
+        on_swap: Callable[[LoadedModel], None] = lambda m: None,
+    ) -> None:
         self.current = current
+        self.options = options
         self.on_swap = on_swap
 
     async def watch(self, interval: float) -> None:
@@ -73,7 +87,7 @@ class ModelHolder:
                 if version == self.current.version:
                     continue
                 log.info("model %s moved to v%s; loading it", self.current.uri, version)
-                loaded = await asyncio.to_thread(load_model, self.current.uri)
+                loaded = await asyncio.to_thread(load_model, self.current.uri, self.options)
             except Exception:  # a registry hiccup must not stop serving the loaded model
                 log.exception("checking %s for a new version failed; still serving v%s",
                               self.current.uri, self.current.version)

@@ -94,7 +94,7 @@ def evaluate(
     general_answers: dict[str, list[str]] = {}
     general_correct: dict[str, np.ndarray] = {}
     for label, path in model_dirs.items():
-        model, tokenizer = load_for_inference(path)
+        model, tokenizer = load_for_inference(path, cfg)
         scored[label], extra = answer_and_score(model, tokenizer, pairs, prompt, cfg)
         metrics[label] = scored[label].summary() | extra
         if general:

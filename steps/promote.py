@@ -14,6 +14,7 @@ from zenml.enums import ModelStages
 
 from qaforge.config import EvaluationConfig, PromptConfig, RegistryConfig
 from qaforge.metrics import paired_bootstrap, score_answers
+from qaforge.mlflow_model import inference_options
 from qaforge.modeling import generate_answers
 from qaforge.records import EvalReport, Interval, PromotionDecision, QADataset, RegisteredModel
 from qaforge.tracking import model_registry, version_by_alias
@@ -88,7 +89,9 @@ def versus_production(
     current = version_by_alias(registered.name, alias)
     if current is None or str(current.version) == registered.version:
         return None
-    served = mlflow.pyfunc.load_model(f"models:/{registered.name}@{alias}").unwrap_python_model()
+    served = mlflow.pyfunc.load_model(
+        f"models:/{registered.name}@{alias}", model_config=inference_options(cfg)
+    ).unwrap_python_model()
     # Only the answers: the gate's metrics are all answer scores.
     pairs = test_pairs(data, cfg)
     generation = generate_answers(

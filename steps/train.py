@@ -19,13 +19,14 @@ import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, EarlyStoppingCallback, TrainerCallback
+from transformers import AutoModelForCausalLM, EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 from zenml import step
 
 from qaforge.config import ModelConfig, PromptConfig, ReplayConfig, TrainingConfig, config_hash
 from qaforge.general_data import ReplayExample, read_jsonl
+from qaforge.hardware import Compute, Device, HardwareError, Machine, Precision, Quantization, decide, quantization_config
 from qaforge.mlflow_model import log_qa_model
 from qaforge.modeling import load_tokenizer, resolve_base_model
 from qaforge.prompting import build_messages
@@ -57,18 +58,25 @@ def replay_sample(cfg: ReplayConfig, n_train: int, seed: int) -> list[ReplayExam
     return [pool[order[i % len(pool)]] for i in range(max(1, round(cfg.ratio * n_train)))]
 
 
-def load_trainable_model(base_dir: str, method: str) -> Any:
+def training_compute(cfg: TrainingConfig, machine: Machine | None = None) -> Compute:
+    compute = decide(machine or Machine.detect(), cfg.device, cfg.precision)
+    if compute.device is Device.CPU and compute.precision is Precision.FP16:
+        raise HardwareError("training.precision 'fp16' needs a CUDA GPU; on a CPU use auto, fp32 or bf16")
+    return compute
+
+
+def load_trainable_model(base_dir: str, method: str, compute: Compute) -> Any:
+    """fp32 master weights (bf16/fp16 come from autocast), or for QLoRA a 4-bit NF4
+    base that computes in the chosen precision."""
     if method in ("lora", "full"):
         return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    quantization = BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+    # Always a fresh instance: on some CPUs a 4-bit model that ran any inference before
+    # training has its weights repacked by bitsandbytes and then gets wrong LoRA gradients.
+    return AutoModelForCausalLM.from_pretrained(
+        base_dir,
+        quantization_config=quantization_config(Quantization.NF4, compute),
+        **({"device_map": {"": 0}} if compute.device is Device.CUDA else {}),
     )
-    # Always a fresh instance: a 4-bit model that ran any inference before training
-    # has its weights repacked by bitsandbytes and then gets wrong LoRA gradients.
-    return AutoModelForCausalLM.from_pretrained(base_dir, quantization_config=quantization)
 
 
 def peak_memory_mb() -> float:
@@ -105,8 +113,7 @@ class FitResult:
     history: list[dict[str, float]]
 
 
-def sft_config(cfg: TrainingConfig, output_dir: Path, evaluate: bool) -> SFTConfig:
-    bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
+def sft_config(cfg: TrainingConfig, output_dir: Path, evaluate: bool, compute: Compute) -> SFTConfig:
     return SFTConfig(
         output_dir=str(output_dir),
         max_steps=cfg.max_steps,
@@ -116,7 +123,7 @@ def sft_config(cfg: TrainingConfig, output_dir: Path, evaluate: bool) -> SFTConf
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_steps,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,
         max_length=cfg.max_length,
         packing=cfg.packing,
         # Without packing, batches of similar length waste little compute on padding.
@@ -131,23 +138,30 @@ def sft_config(cfg: TrainingConfig, output_dir: Path, evaluate: bool) -> SFTConf
         save_total_limit=2,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=bf16,
-        use_cpu=not torch.cuda.is_available(),
+        bf16=compute.precision is Precision.BF16,
+        fp16=compute.precision is Precision.FP16,
+        use_cpu=compute.device is Device.CPU,
         report_to="none",
     )
 
 
 def fit(
-    train_set: Dataset, val_set: Dataset | None, base_dir: str, cfg: TrainingConfig, work_dir: Path
+    train_set: Dataset,
+    val_set: Dataset | None,
+    base_dir: str,
+    cfg: TrainingConfig,
+    work_dir: Path,
+    compute: Compute | None = None,
 ) -> FitResult:
     """SFT with trl; resumes from the last checkpoint in `work_dir` if there is one."""
+    compute = compute or training_compute(cfg)
     evaluate = cfg.eval_steps is not None and val_set is not None and len(val_set) > 0
-    args = sft_config(cfg, work_dir / "checkpoints", evaluate)
+    args = sft_config(cfg, work_dir / "checkpoints", evaluate, compute)
     callbacks: list[TrainerCallback] = [MlflowStepMetrics()]
     if args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     trainer = SFTTrainer(
-        model=load_trainable_model(base_dir, cfg.method),
+        model=load_trainable_model(base_dir, cfg.method, compute),
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set if evaluate else None,
@@ -210,8 +224,17 @@ def train(
     ).hexdigest()[:16]
     work_dir = Path(cfg.output_dir).resolve() / key
     run_id = mlflow.active_run().info.run_id
+    machine = Machine.detect()
+    compute = training_compute(cfg, machine)
+    print(f"Training {cfg.method} on {compute}; {machine.threads} torch threads on {machine.cores} cores")
     mlflow.log_params(
         {
+            "compute.device": compute.device.value,
+            "compute.precision": compute.precision.value,
+            "compute.reason": compute.reason,
+            "compute.cpu_capability": machine.cpu_capability,
+            "compute.gpu": machine.gpu or "none",
+            "compute.torch_threads": machine.threads,
             **{f"training.{k}": v for k, v in cfg.model_dump(mode="json").items() if k != "replay"},
             "training.replay": f"{len(replay)} from {cfg.replay.path}" if cfg.replay else "none",
             "training.config_hash": config_hash(cfg),
@@ -232,6 +255,7 @@ def train(
             base_dir,
             cfg,
             work_dir,
+            compute,
         )
     finally:
         monitor.finish()

@@ -1,0 +1,76 @@
+"""The one decision of device and precision, from machine facts; and `qaforge doctor`."""
+
+from __future__ import annotations
+
+import pytest
+
+from qaforge.hardware import Device, HardwareError, Machine, Precision, Quantization, decide, warnings
+
+
+def machine(capability: str = "AVX2", bf16_instructions: bool = False, gpu: str | None = None,
+            gpu_bf16: bool = False, threads: int = 2, cores: int = 2) -> Machine:
+    return Machine(capability, bf16_instructions, gpu, gpu_bf16, threads, cores)
+
+
+@pytest.mark.parametrize(
+    ("facts", "device", "precision"),
+    [
+        # AVX2-only laptops and cloud VMs: bf16 would take the slow path.
+        (machine("AVX2"), Device.CPU, Precision.FP32),
+        (machine("DEFAULT"), Device.CPU, Precision.FP32),
+        # AVX-512 without the bf16 extension (Skylake-SP, Zen 4 without it enabled).
+        (machine("AVX512", bf16_instructions=False), Device.CPU, Precision.FP32),
+        # AVX512_BF16 or AMX: native.
+        (machine("AVX512", bf16_instructions=True), Device.CPU, Precision.BF16),
+        # The instructions exist but ATen was told to use its AVX2 kernels.
+        (machine("AVX2", bf16_instructions=True), Device.CPU, Precision.FP32),
+        # GPUs: bf16 where supported (Ampere and newer), else fp16 (T4, V100).
+        (machine("AVX2", gpu="NVIDIA A100", gpu_bf16=True), Device.CUDA, Precision.BF16),
+        (machine("AVX512", True, gpu="Tesla T4", gpu_bf16=False), Device.CUDA, Precision.FP16),
+    ],
+)
+def test_auto_picks_bf16_only_where_native(facts: Machine, device: Device, precision: Precision) -> None:
+    compute = decide(facts)
+    assert (compute.device, compute.precision) == (device, precision)
+    assert compute.reason
+
+
+def test_explicit_choices_are_kept_and_slow_ones_warned() -> None:
+    avx2 = machine("AVX2")
+    forced = decide(avx2, Device.CPU, Precision.BF16)
+    assert forced.precision is Precision.BF16
+    assert any("slower than fp32" in w for w in warnings(avx2, forced))
+    assert not warnings(avx2, decide(avx2))
+    # On a GPU machine the CPU can still be asked for; auto precision then follows the CPU.
+    gpu_box = machine("AVX2", gpu="Tesla T4")
+    assert decide(gpu_box, Device.CPU).precision is Precision.FP32
+    assert any("fp16 on a CPU" in w for w in warnings(avx2, decide(avx2, precision=Precision.FP16)))
+    assert any("4bit" in w for w in warnings(avx2, decide(avx2), Quantization.NF4))
+
+
+def test_a_missing_gpu_is_an_error_that_says_so() -> None:
+    with pytest.raises(HardwareError, match="torch sees no CUDA GPU"):
+        decide(machine(), Device.CUDA)
+
+
+def test_the_config_takes_the_same_enums_and_names_a_bad_value() -> None:
+    from qaforge.config import ConfigError, validate_config
+
+    cfg = validate_config({
+        "sources": {"files": ["x"]},
+        "training": {"precision": "fp32"},
+        "evaluation": {"device": "cpu", "quantization": "4bit"},
+    })
+    assert cfg.training.precision is Precision.FP32 and cfg.evaluation.quantization is Quantization.NF4
+    assert cfg.serving.precision is Precision.AUTO
+    with pytest.raises(ConfigError, match=r"parameters\.config\.training\.precision: Input should be 'auto', "):
+        validate_config({"sources": {"files": ["x"]}, "training": {"precision": "float8"}})
+
+
+def test_this_machine_is_detected_consistently() -> None:
+    import torch
+
+    here = Machine.detect()
+    assert here.cpu_capability == torch.backends.cpu.get_cpu_capability()
+    assert here.threads == torch.get_num_threads() and here.cores >= 1
+    assert decide(here).device is (Device.CUDA if torch.cuda.is_available() else Device.CPU)
