@@ -35,6 +35,15 @@ def setup(stack: str, config_path: Path) -> None:
     click.echo(f"Base model ready at {resolve_base_model(cfg.model)}")
 
 
+@main.command()
+@config_option
+def doctor(config_path: Path) -> None:
+    """This machine, the device and precision each stage will use, and what will be slow."""
+    from qaforge.doctor import check
+
+    click.echo(check(_load(config_path)).render())
+
+
 @main.command("check-config")
 @click.argument("config_path", type=click.Path(path_type=Path))
 def check_config(config_path: Path) -> None:
