@@ -11,6 +11,7 @@ from typing import Any
 from zenml import Model, pipeline
 
 from qaforge.config import validate_config
+from qaforge.logs import quiet_libraries
 from steps.chunk import chunk_step
 from steps.evaluate import evaluate_step
 from steps.ingest import ingest_step
@@ -25,6 +26,7 @@ def domain_qa_pipeline(config: dict[str, Any]) -> None:
     # The body runs when the pipeline is compiled, so a bad config fails here,
     # before any step runs.
     cfg = validate_config(config)
+    quiet_libraries(cfg.verbose)
     corpus, _ = ingest_step(cfg.sources)
     chunks = chunk_step(corpus, cfg.chunking, cfg.model)
     data = synthesize_step(chunks, cfg.synthesis, cfg.prompt)
