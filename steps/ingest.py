@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 from typing import Annotated
 
@@ -112,7 +112,7 @@ class _Collector:
                 title=title or _title(converted, Path(source).stem),
                 markdown=markdown,
                 content_hash=content_hash(markdown),
-                fetched_at=datetime.now(timezone.utc),
+                fetched_at=datetime.now(UTC),
                 converter=converter_name,
                 status=status,
                 docling_json=converted.model_dump_json(),
@@ -220,7 +220,7 @@ def ingest(sources: SourcesConfig) -> tuple[Corpus, IngestReport]:
         bucket.append(source)
     changes.removed = sorted(set(state.index) - set(collector.documents))
     report = IngestReport(
-        checked_at=datetime.now(timezone.utc),
+        checked_at=datetime.now(UTC),
         documents=len(kept),
         failures=collector.failures,
         duplicates=duplicates,

@@ -1,5 +1,5 @@
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 
@@ -27,7 +27,7 @@ def test_chunks_carry_provenance_and_fit_the_token_budget(sample_corpus, sample_
 def _chunk(text: str, headings: list[str] | None = None) -> Chunk:
     return Chunk(
         chunk_id="d-0000", doc_id="d", source="s", title="Guide", headings=headings or ["Levels"],
-        text=text, token_count=0, doc_content_hash="0" * 64, fetched_at=datetime.now(timezone.utc),
+        text=text, token_count=0, doc_content_hash="0" * 64, fetched_at=datetime.now(UTC),
         converter="docling-md",
     )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ def chunk(tag: str, doc: str) -> Chunk:
     return Chunk(
         chunk_id=f"{doc}-{tag}", doc_id=doc, source=f"https://example.test/{doc}", title="Charging guide",
         headings=["Basics"], text=f"{tag}. {TOPICS[tag]}", token_count=20,
-        doc_content_hash="0" * 64, fetched_at=datetime.now(timezone.utc), converter="docling-html",
+        doc_content_hash="0" * 64, fetched_at=datetime.now(UTC), converter="docling-html",
     )
 
 
