@@ -17,6 +17,7 @@ from zenml import get_step_context, step
 
 from qaforge.config import EvaluationConfig, PromptConfig
 from qaforge.general_data import GeneralQuestion, read_jsonl
+from qaforge.hardware import Machine, decide
 from qaforge.judge import pairwise, rubric_scores
 from qaforge.metrics import Scored, compare, contains_any, is_refusal, mean_gain, score_answers
 from qaforge.modeling import generate_answers, load_for_inference, reference_nll, time_single_requests
@@ -69,7 +70,7 @@ def answer_general(
     """Answers to the forgetting guard's questions, as served (same system prompt), and
     whether each states an accepted answer."""
     conversations = [build_messages(q.question, prompt.system_prompt) for q in questions]
-    answers = generate_answers(model, tokenizer, conversations, cfg.max_new_tokens, cfg.batch_size).answers
+    answers = generate_answers(model, tokenizer, conversations, cfg.general_max_new_tokens, cfg.batch_size).answers
     return answers, np.array([float(contains_any(a, q.accept)) for a, q in zip(answers, questions)])
 
 
@@ -214,6 +215,8 @@ def comparisons_table(report: EvalReport) -> str:
 def evaluate_step(
     data: QADataset, trained: TrainedModel, prompt: PromptConfig, evaluation: EvaluationConfig
 ) -> EvalReport:
+    compute = decide(Machine.detect(), evaluation.device, evaluation.precision)
+    mlflow.log_params({"evaluation.compute": str(compute), "evaluation.quantization": evaluation.quantization.value})
     report = evaluate(
         {"candidate": trained.merged_dir, "base": trained.base_model_dir},
         test_pairs(data, evaluation),

@@ -74,3 +74,84 @@ def test_this_machine_is_detected_consistently() -> None:
     assert here.cpu_capability == torch.backends.cpu.get_cpu_capability()
     assert here.threads == torch.get_num_threads() and here.cores >= 1
     assert decide(here).device is (Device.CUDA if torch.cuda.is_available() else Device.CPU)
+
+
+@pytest.mark.parametrize(("precision", "quantization"), [("fp32", "none"), ("bf16", "none"), ("auto", "4bit")])
+def test_inference_loads_and_answers_as_asked(base_model_dir, precision, quantization) -> None:  # noqa: ANN001
+    import torch
+
+    from qaforge.config import InferenceOptions
+    from qaforge.modeling import generate_answers, load_for_inference
+
+    options = InferenceOptions(precision=precision, quantization=quantization)
+    model, tokenizer = load_for_inference(base_model_dir, options)
+    expected = decide(Machine.detect(), options.device, options.precision)
+    assert model.device.type == expected.device.value
+    if quantization == "4bit":
+        import bitsandbytes as bnb
+
+        assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    else:
+        assert model.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    answer = generate_answers(model, tokenizer, [[{"role": "user", "content": "What is the capital of France?"}]], 12)
+    assert "Paris" in answer.answers[0]
+
+
+def test_the_registered_model_and_the_server_take_the_same_options(base_model_dir, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A logged model loads in the precision its loader asks for (how evaluation and the
+    server override it); the server reads those options from QAFORGE_* variables."""
+    import mlflow
+    import torch
+
+    from qaforge.config import InferenceOptions
+    from qaforge.mlflow_model import QAModel, inference_options
+    from serving.settings import ServeSettings
+
+    path = tmp_path / "model"
+    mlflow.pyfunc.save_model(
+        path, python_model=QAModel(), artifacts={"model_dir": base_model_dir},
+        model_config={"system_prompt": None} | inference_options(InferenceOptions()),
+    )
+    monkeypatch.setenv("QAFORGE_PRECISION", "bf16")
+    monkeypatch.setenv("QAFORGE_DEVICE", "cpu")
+    settings = ServeSettings(model_uri=str(path))
+    assert (settings.precision, settings.device) == (Precision.BF16, Device.CPU)
+    loaded = mlflow.pyfunc.load_model(str(path), model_config=inference_options(settings)).unwrap_python_model()
+    assert loaded.model.dtype == torch.bfloat16
+    default = mlflow.pyfunc.load_model(str(path)).unwrap_python_model()
+    assert default.model.dtype == decide(Machine.detect()).dtype
+
+
+def test_doctor_names_each_stage_and_warns_about_slow_choices(tmp_path) -> None:  # noqa: ANN001
+    from qaforge.config import validate_config
+    from qaforge.doctor import check
+
+    cfg = validate_config({
+        "sources": {"files": ["x"]},
+        "training": {"precision": "bf16", "output_dir": str(tmp_path / "train")},
+        "serving": {"device": "cuda"},
+    })
+    up = check(cfg, machine("AVX2", threads=1))
+    facts = dict(up.facts)
+    assert facts["CPU capability"] == "AVX2" and facts["native bf16 on CPU"] == "no"
+    assert facts["training"].startswith("cpu/bf16") and facts["evaluation"].startswith("cpu/fp32")
+    assert facts["serving"] == "cannot run"
+    assert facts["torch threads"] == "1 of 2 cores"
+    text = up.render()
+    assert "WARNING: training: bf16 on a CPU without native bf16" in text
+    assert "WARNING: serving: device 'cuda' was asked for" in text
+    assert "WARNING: torch uses 1 of 2 cores" in text
+    assert f"GB at {tmp_path / 'train'}" in facts["free disk for checkpoints"]
+
+
+def test_doctor_command_runs_on_this_machine() -> None:
+    from click.testing import CliRunner
+
+    from conftest import REPO
+    from qaforge.cli import main
+
+    result = CliRunner().invoke(main, ["doctor", "-c", str(REPO / "configs" / "default.yaml")])
+    assert result.exit_code == 0, result.output
+    here = decide(Machine.detect())
+    assert f"training:                  {here.device.value}/{here.precision.value}" in result.output
+    assert "ZenML stack:" in result.output
