@@ -159,18 +159,25 @@ def reference_nll(
         rows.append((prompt + answer_ids, len(prompt)))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     for batch in length_batches([len(ids) for ids, _ in rows], batch_size):
+        # Padded on the left, every answer ends at the last position, so the model
+        # computes vocabulary logits only for the last `keep` positions: the answers.
         width = max(len(rows[r][0]) for r in batch)
+        keep = max(len(rows[r][0]) - rows[r][1] for r in batch) + 1
         input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
         labels = torch.full((len(batch), width), -100)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for i, r in enumerate(batch):
             ids, prompt_len = rows[r]
-            input_ids[i, : len(ids)] = torch.tensor(ids)
-            labels[i, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
-            mask[i, : len(ids)] = 1
-        input_ids, labels, mask = (t.to(model.device) for t in (input_ids, labels, mask))
-        logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-        targets = labels[:, 1:]
+            start = width - len(ids)
+            input_ids[i, start:] = torch.tensor(ids)
+            labels[i, start + prompt_len :] = torch.tensor(ids[prompt_len:])
+            mask[i, start:] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        input_ids, labels, mask, positions = (t.to(model.device) for t in (input_ids, labels, mask, positions))
+        logits = model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
+        ).logits[:, :-1].float()
+        targets = labels[:, width - keep + 1 :]
         nll = torch.nn.functional.cross_entropy(
             logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
         )

@@ -8,6 +8,7 @@ import torch
 from qaforge.metrics import (
     compare, contains_any, is_refusal, normalize_answer, paired_bootstrap, score_answers, token_f1,
 )
+from qaforge.config import InferenceOptions
 from qaforge.modeling import generate_answers, length_batches, load_for_inference, reference_nll
 from qaforge.prompting import build_messages, render_prompt
 from qaforge.records import Interval
@@ -55,8 +56,12 @@ def test_perplexity_pools_tokens_by_hand() -> None:
     assert scored.value("perplexity", np.array([1, 1])) == pytest.approx(math.exp(8.0 / 6))
 
 
+# fp32 on any CPU: these check the batching arithmetic, not bf16 rounding.
+FP32 = InferenceOptions(precision="fp32")
+
+
 def test_reference_nll_equals_the_models_own_loss(base_model_dir) -> None:  # noqa: ANN001
-    model, tokenizer = load_for_inference(base_model_dir)
+    model, tokenizer = load_for_inference(base_model_dir, FP32)
     messages = build_messages("What does Level 2 use?", "Be brief.")
     answer = "Level 2 uses 240 V."
     [(nll, tokens)] = reference_nll(model, tokenizer, [messages], [answer])
@@ -76,7 +81,7 @@ def test_reference_nll_equals_the_models_own_loss(base_model_dir) -> None:  # no
 def test_batches_group_similar_lengths_and_answers_keep_input_order(base_model_dir) -> None:  # noqa: ANN001
     assert length_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [2, 4], [0]]
     assert length_batches([3, 1, 2], 8) == [[0, 1, 2]], "one batch is the input as it is"
-    model, tokenizer = load_for_inference(base_model_dir)
+    model, tokenizer = load_for_inference(base_model_dir, FP32)
     questions = ["What is OCPP?", "Explain in detail how a Level 2 charger works at home, step by step?", "Why?"]
     conversations = [build_messages(q, "Be brief.") for q in questions]
     batched = generate_answers(model, tokenizer, conversations, 8, batch_size=2)
