@@ -172,8 +172,13 @@ def test_metrics_logs_and_conversation_log(api: dict, caplog: pytest.LogCaptureF
             f"{api['url']}/predict", json={"input_text": "Who maintains public chargers?"},
             headers=auth(api) | {"X-Request-ID": "req-42"}, timeout=60,
         )
-    assert answer.status_code == 200 and answer.headers["x-request-id"] == "req-42"
-    [record] = [r for r in caplog.records if getattr(r, "request_id", None) == "req-42"]
+        assert answer.status_code == 200 and answer.headers["x-request-id"] == "req-42"
+        # The request is logged once the response has been sent, so it may trail the client.
+        deadline = time.monotonic() + 10
+        while not (records := [r for r in caplog.records if getattr(r, "request_id", None) == "req-42"]):
+            assert time.monotonic() < deadline, "request not logged"
+            time.sleep(0.05)
+    [record] = records
     assert (record.status, record.key, record.path) == (200, "alice", "/predict")
     assert record.completion_tokens > 0 and not hasattr(record, "messages"), "no prompts in logs by default"
     metrics = httpx.get(f"{api['url']}/metrics", headers=auth(api)).text
