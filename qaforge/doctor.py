@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from qaforge.config import ComputeOptions, QAForgeConfig
-from qaforge.hardware import HardwareError, Machine, Quantization, decide, free_gb, warnings
+from qaforge.hardware import HardwareError, Machine, Quantization, decide, decide_training, warnings
 
 # The default run's full fine-tuning keeps two checkpoints with optimizer state (~3.6 GB).
 MIN_FREE_GB = 5.0
@@ -25,6 +26,14 @@ class Checkup:
         lines = [f"{name + ':':<{width + 1}} {value}" for name, value in self.facts]
         lines += [f"WARNING: {w}" for w in self.warnings] or ["No warnings."]
         return "\n".join(lines)
+
+
+def free_gb(path: Path) -> float:
+    """Free disk space where `path` is (or would be created)."""
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free / 1e9
 
 
 def cpu_name() -> str:
@@ -53,7 +62,8 @@ def check(cfg: QAForgeConfig, machine: Machine | None = None) -> Checkup:
     for stage, options in stages:
         quantization = getattr(options, "quantization", Quantization.NONE)
         try:
-            compute = decide(machine, options.device, options.precision)
+            choose = decide_training if stage == "training" else decide
+            compute = choose(machine, options.device, options.precision)
         except HardwareError as exc:
             up.facts.append((stage, "cannot run"))
             up.warnings.append(f"{stage}: {exc}")

@@ -10,10 +10,8 @@ many cloud VMs) a bf16 matmul takes a slow path, measured at 1-2 GFLOP/s against
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -117,6 +115,14 @@ def decide(machine: Machine, device: Device = Device.AUTO, precision: Precision 
     return Compute(device, Precision.FP32, f"CPU has no native bf16 (capability {machine.cpu_capability})")
 
 
+def decide_training(machine: Machine, device: Device = Device.AUTO, precision: Precision = Precision.AUTO) -> Compute:
+    """`decide`, less what cannot train: fp16 mixed precision needs a GPU."""
+    compute = decide(machine, device, precision)
+    if compute.device is Device.CPU and compute.precision is Precision.FP16:
+        raise HardwareError("precision 'fp16' trains only on a CUDA GPU; on a CPU use auto, fp32 or bf16")
+    return compute
+
+
 def warnings(machine: Machine, compute: Compute, quantization: Quantization = Quantization.NONE) -> list[str]:
     """Choices that will run but slowly, or that are likely to fail."""
     found = []
@@ -133,14 +139,6 @@ def warnings(machine: Machine, compute: Compute, quantization: Quantization = Qu
     if compute.device is Device.CUDA and compute.precision is Precision.BF16 and not machine.gpu_bf16:
         found.append(f"{machine.gpu} has no bf16: use precision auto or fp16")
     return found
-
-
-def free_gb(path: Path) -> float:
-    """Free disk space where `path` is (or would be created)."""
-    path = path.resolve()
-    while not path.exists():
-        path = path.parent
-    return shutil.disk_usage(path).free / 1e9
 
 
 def quantization_config(quantization: Quantization, compute: Compute) -> Any:

@@ -26,7 +26,7 @@ from zenml import step
 
 from qaforge.config import ModelConfig, PromptConfig, ReplayConfig, TrainingConfig, config_hash
 from qaforge.general_data import ReplayExample, read_jsonl
-from qaforge.hardware import Compute, Device, HardwareError, Machine, Precision, Quantization, decide, quantization_config
+from qaforge.hardware import Compute, Device, Machine, Precision, Quantization, decide_training, quantization_config
 from qaforge.mlflow_model import log_qa_model
 from qaforge.modeling import load_tokenizer, resolve_base_model
 from qaforge.prompting import build_messages
@@ -59,10 +59,7 @@ def replay_sample(cfg: ReplayConfig, n_train: int, seed: int) -> list[ReplayExam
 
 
 def training_compute(cfg: TrainingConfig, machine: Machine | None = None) -> Compute:
-    compute = decide(machine or Machine.detect(), cfg.device, cfg.precision)
-    if compute.device is Device.CPU and compute.precision is Precision.FP16:
-        raise HardwareError("training.precision 'fp16' needs a CUDA GPU; on a CPU use auto, fp32 or bf16")
-    return compute
+    return decide_training(machine or Machine.detect(), cfg.device, cfg.precision)
 
 
 def load_trainable_model(base_dir: str, method: str, compute: Compute) -> Any:

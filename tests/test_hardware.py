@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from qaforge.hardware import Device, HardwareError, Machine, Precision, Quantization, decide, warnings
+from qaforge.hardware import (
+    Device, HardwareError, Machine, Precision, Quantization, decide, decide_training, warnings,
+)
 
 
 def machine(capability: str = "AVX2", bf16_instructions: bool = False, gpu: str | None = None,
@@ -51,6 +53,9 @@ def test_explicit_choices_are_kept_and_slow_ones_warned() -> None:
 def test_a_missing_gpu_is_an_error_that_says_so() -> None:
     with pytest.raises(HardwareError, match="torch sees no CUDA GPU"):
         decide(machine(), Device.CUDA)
+    with pytest.raises(HardwareError, match="fp16' trains only on a CUDA GPU"):
+        decide_training(machine(), precision=Precision.FP16)
+    assert decide_training(machine("AVX2", gpu="Tesla T4")).precision is Precision.FP16
 
 
 def test_the_config_takes_the_same_enums_and_names_a_bad_value() -> None:
@@ -141,6 +146,8 @@ def test_doctor_names_each_stage_and_warns_about_slow_choices(tmp_path) -> None:
     assert "WARNING: training: bf16 on a CPU without native bf16" in text
     assert "WARNING: serving: device 'cuda' was asked for" in text
     assert "WARNING: torch uses 1 of 2 cores" in text
+    fp16 = validate_config({"sources": {"files": ["x"]}, "training": {"precision": "fp16"}})
+    assert dict(check(fp16, machine("AVX2")).facts)["training"] == "cannot run", "as training itself refuses"
     assert f"GB at {tmp_path / 'train'}" in facts["free disk for checkpoints"]
 
 
