@@ -73,12 +73,12 @@ def naive_app_from_env():  # noqa: ANN201
     return naive_app(os.environ["BENCH_MODEL_DIR"])
 
 
-def start(kind: str, model_dir: str) -> tuple[subprocess.Popen, str]:
+def start(kind: str, model_dir: str, tokens: str = KEY) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = os.environ | {
-        "QAFORGE_MODEL_URI": model_dir, "QAFORGE_API_TOKENS": KEY, "QAFORGE_RELOAD_SECONDS": "0",
+        "QAFORGE_MODEL_URI": model_dir, "QAFORGE_API_TOKENS": tokens, "QAFORGE_RELOAD_SECONDS": "0",
         "QAFORGE_REQUESTS_PER_MINUTE": "1000000", "QAFORGE_TOKENS_PER_MINUTE": "1000000000",
         "BENCH_MODEL_DIR": model_dir, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'bench'}",
     }

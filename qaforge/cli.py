@@ -101,11 +101,9 @@ def rollback(config_path: Path) -> None:
 @click.option("--port", type=int, help="Default: serving.port from the config.")
 def serve(config_path: Path, model_uri: str | None, host: str | None, port: int | None) -> None:
     """Serve the production model over HTTP (API keys, OpenAI-compatible)."""
-    import uvicorn
-
     from qaforge.tracking import tracking_uri
     from serving.app import create_app
-    from serving.logs import LOG_CONFIG
+    from serving.server import serve as run_server
     from serving.settings import ServeSettings
 
     cfg = _load(config_path)
@@ -120,7 +118,7 @@ def serve(config_path: Path, model_uri: str | None, host: str | None, port: int 
     except ValueError as exc:  # e.g. no API keys configured
         click.echo(f"Cannot serve: {exc}", err=True)
         sys.exit(2)
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=str(LOG_CONFIG))
+    run_server(app, settings, host, port)
 
 
 @main.group()

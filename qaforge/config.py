@@ -364,6 +364,15 @@ class ServingConfig(InferenceOptions):
     max_prompt_tokens: int = Field(default=1024, ge=16)
     max_messages: int = Field(default=32, ge=1)
     max_body_bytes: int = Field(default=65536, ge=1024)
+    max_stop_chars: int = Field(default=64, ge=1, description="Longest stop sequence a request may give (4 at most).")
+    max_header_bytes: int = Field(default=16384, ge=1024, description="Request line plus headers; larger gets 400.")
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="A client must send its request line and headers within this."
+    )
+    body_timeout_seconds: float = Field(default=30.0, gt=0, description="... and its body within this (else 408).")
+    openapi: bool = Field(
+        default=False, description="Publish the OpenAPI schema at /openapi.json (behind a key, like all but /health)."
+    )
     requests_per_minute: int = Field(default=60, ge=1, description="Per key, unless its entry says otherwise.")
     tokens_per_minute: int = Field(default=20000, ge=1, description="Prompt plus generated tokens, per key.")
     batch_window_ms: float = Field(default=15.0, ge=0, description="How long a request waits for others to batch with.")

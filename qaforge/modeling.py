@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qaforge.config import InferenceOptions, ModelConfig
 from qaforge.hardware import Machine, decide, quantization_config
-from qaforge.prompting import render_prompt
+from qaforge.prompting import encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,7 @@ def generate_answers(
     for sampling (or pass a streamer)."""
     n = len(conversations)
     answers, prompt_tokens, completion_tokens = [""] * n, [0] * n, [0] * n
-    # The chat template already carries the special tokens.
-    encoded = tokenizer([render_prompt(tokenizer, c) for c in conversations], add_special_tokens=False)["input_ids"]
+    encoded = [encode_prompt(tokenizer, c) for c in conversations]
     start = time.perf_counter()
     for rows in length_batches([len(ids) for ids in encoded], batch_size):
         batch = tokenizer.pad({"input_ids": [encoded[r] for r in rows]}, return_tensors="pt").to(model.device)
@@ -154,7 +153,7 @@ def reference_nll(
     prompt: the perplexity a model assigns to the answers it should give."""
     rows = []
     for messages, answer in zip(conversations, answers):
-        prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+        prompt = encode_prompt(tokenizer, messages)
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
         rows.append((prompt + answer_ids, len(prompt)))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)

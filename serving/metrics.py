@@ -25,7 +25,7 @@ class ServingMetrics:
             "qaforge_completion_tokens", "Generated tokens per API key.", ["key"], registry=self.registry
         )
         self.batch_size = Histogram(
-            "qaforge_batch_size", "Requests answered per generate() call.", buckets=(1, 2, 4, 8, 16, 32),
+            "qaforge_batch_size", "Requests in flight per generation step.", buckets=(1, 2, 4, 8, 16, 32),
             registry=self.registry,
         )
         self.cancelled = Counter(

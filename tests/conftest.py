@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 os.environ["ZENML_CONFIG_PATH"] = tempfile.mkdtemp(prefix="qaforge-zenml-")
 os.environ.update(
@@ -66,3 +71,26 @@ def sample_dataset(sample_chunks):  # noqa: ANN001, ANN201
     from steps.synthesize import synthesize
 
     return synthesize(sample_chunks, SynthesisConfig())
+
+
+@contextmanager
+def running(app: Any, settings: Any) -> Iterator[str]:
+    """The API app served by uvicorn on a free port, configured as `qaforge serve` does."""
+    import uvicorn
+
+    from fixture_site import free_port
+    from serving.server import uvicorn_config
+
+    server = uvicorn.Server(uvicorn_config(app, settings, "127.0.0.1", free_port(), log_config=None,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)

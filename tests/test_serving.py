@@ -10,47 +10,27 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from qaforge.records import ConversationRecord
 from qaforge.sources.files import convert_path
 from serving.app import create_app
-from serving.batching import Batcher, Sampling, _Job
+from qaforge.prompting import encode_prompt
+from serving.engine import Completion, Engine, Sampling
 from serving.keys import create_key, revoke_key
 from serving.models import ModelHolder, load_model
 from serving.settings import ServeSettings
 
-from conftest import REPO
+from conftest import REPO, running
 from fixture_site import free_port, wait_for_health
 
 QUESTION = [{"role": "user", "content": "What is a Level 2 charger?"}]
-
-
-@contextmanager
-def running(app: FastAPI) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +47,7 @@ def api(base_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         max_tokens_limit=64, max_prompt_tokens=120, max_messages=4, max_body_bytes=4096, batch_window_ms=200,
         reload_seconds=0, conversation_log=root / "conversations.jsonl",
     )
-    with running(create_app(settings)) as url:
+    with running(create_app(settings), settings) as url:
         yield {"url": url, "keys": keys, "keys_file": keys_file, "root": root, "name": Path(base_model_dir).name}
 
 
@@ -134,9 +114,9 @@ def test_rate_limit_answers_429_with_retry_after(api: dict) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [
-        ({"messages": []}, 422, "messages"),
-        ({"messages": QUESTION, "n": 2}, 422, "n"),
-        ({"messages": [{"role": "robot", "content": "hi"}]}, 422, "messages.0.role"),
+        ({"messages": []}, 400, "messages"),
+        ({"messages": QUESTION, "n": 2}, 400, "n"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, 400, "messages.0.role"),
         ({"messages": QUESTION, "max_tokens": 1000}, 400, "max_tokens"),
         ({"messages": QUESTION * 5}, 400, "messages"),
         ({"messages": [{"role": "user", "content": "word " * 200}]}, 400, "messages"),
@@ -225,18 +205,25 @@ def test_a_client_that_gives_up_on_a_plain_request_stops_its_generation(api: dic
     wait_for_cancel(api, before)
 
 
-def test_abandoned_rows_of_a_batch_stop_and_the_rest_finish(base_model_dir: str) -> None:
-    batcher = Batcher(ModelHolder(load_model(base_model_dir)), window_seconds=0, max_batch_size=2)
+def test_a_request_whose_client_left_stops_and_the_others_finish(base_model_dir: str) -> None:
+    loaded = load_model(base_model_dir)
+    left: list[bool] = []
+    engine = Engine(ModelHolder(loaded), window_seconds=0.2, max_batch_size=2, on_cancel=lambda: left.append(True))
+    prompt = encode_prompt(loaded.tokenizer, [{"role": "user", "content": "Explain EV charging in detail."}])
+
+    async def one_leaves() -> Completion:
+        kept = asyncio.ensure_future(engine.complete(prompt, Sampling(24)))
+        leaving = asyncio.ensure_future(engine.complete(prompt, Sampling(24)))
+        await asyncio.sleep(0.5)
+        leaving.cancel()
+        return await kept
+
     try:
-        loop = asyncio.new_event_loop()
-        question = [{"role": "user", "content": "Explain EV charging in detail."}]
-        jobs = [_Job(question, Sampling(24), loop), _Job(question, Sampling(24), loop)]
-        jobs[1].cancelled.set()
-        kept, abandoned = batcher._generate(batcher.holder.current, jobs)
-        assert kept.completion_tokens == 24 and kept.text
-        assert abandoned.completion_tokens == 1, "stopped after its first token"
+        kept = asyncio.run(one_leaves())
     finally:
-        batcher.close()
+        engine.close()
+    assert kept.completion_tokens == 24 and kept.text
+    assert left == [True], "the engine noticed the client that left, once"
 
 
 def test_sighup_reloads_the_keys_file(base_model_dir: str, tmp_path: Path) -> None:

@@ -1,0 +1,173 @@
+"""What goes over the wire: request and response bodies in OpenAI's shapes, validated
+strictly (a string is not a boolean, `true` is not a number), and the one error shape
+every failure is answered in."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+
+from starlette.exceptions import HTTPException
+
+from qaforge.config import ServingConfig
+
+# OpenAI's limit on stop sequences.
+MAX_STOP_SEQUENCES = 4
+
+
+def _encodable(text: str) -> str:
+    """Reject lone surrogates ("\\ud800" in JSON): they are not Unicode text, and no
+    tokenizer can encode them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"contains {text[exc.start]!r} at position {exc.start}, which is not valid Unicode "
+                         "(a lone surrogate)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+
+
+class _Request(BaseModel):
+    # Unknown fields are ignored, as OpenAI clients send many; known ones are strict.
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "user", "assistant"]
+    content: Text
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Request):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0, le=2, description="0 (or below 1e-4): greedy.")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    stop: Text | list[Text] | None = Field(default=None, description="Up to 4 sequences that end the answer.")
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
+    n: Literal[1] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+def limited_chat_request(settings: ServingConfig) -> type[ChatCompletionRequest]:
+    """The request model with this server's limits, so that they are validated with
+    the rest of the body and published in the OpenAPI schema."""
+    stop = Annotated[Text, Field(min_length=1, max_length=settings.max_stop_chars)]
+    tokens = Field(default=None, ge=1, le=settings.max_tokens_limit)
+    return create_model(
+        "ChatCompletionRequest",
+        __base__=ChatCompletionRequest,
+        messages=(list[ChatMessage], Field(min_length=1, max_length=settings.max_messages)),
+        max_tokens=(int | None, tokens),
+        max_completion_tokens=(int | None, tokens),
+        stop=(stop | list[stop] | None, Field(default=None, max_length=MAX_STOP_SEQUENCES,
+                                                description="Up to 4 sequences that end the answer.")),
+    )
+
+
+class PredictRequest(_Request):
+    input_text: Text = Field(min_length=1)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None
+    choices: list[Choice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "qaforge"
+    version: str | None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class PredictResponse(BaseModel):
+    output_text: str
+    model_version: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    model: str
+    version: str | None
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class APIError(HTTPException):
+    """An error answered in OpenAI's shape. An HTTPException, so FastAPI passes it on
+    when a middleware raises it while the request body is read."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, message, headers or {})
+        self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
+
+    def response(self) -> JSONResponse:
+        body = ErrorResponse(error=ErrorDetail(message=self.message, type=self.kind, param=self.param, code=self.code))
+        return JSONResponse(status_code=self.status, content=body.model_dump(), headers=self.headers)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the errors a route can answer."""
+    reasons = {
+        400: "Invalid request: a field, a limit or the body.",
+        401: "No API key, or an unknown one.",
+        403: "The API key has been revoked.",
+        404: "No such model or path.",
+        408: "The client took too long to send its request body.",
+        413: "The request body is over the size limit.",
+        429: "Rate limit reached; Retry-After says when to try again.",
+    }
+    return {status: {"model": ErrorResponse, "description": reasons[status]} for status in statuses}

@@ -1,0 +1,61 @@
+"""The routes: OpenAI-compatible chat completions (streaming too), the models list,
+the seeds' /predict, Prometheus /metrics and an open /health. Each is a thin call into
+the ChatHandler on `app.state`; the API key was checked by the Authenticate middleware."""
+
+# No `from __future__ import annotations`: FastAPI must see the local `chat_request`
+# class itself in the route's signature, not its name.
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.handler import ChatHandler
+from serving.protocol import (
+    ChatCompletion, ChatCompletionRequest, Health, ModelList, PredictRequest, PredictResponse, error_responses,
+)
+
+AUTHENTICATED = error_responses(401, 403)
+WITH_BODY = error_responses(400, 401, 403, 408, 413, 429)
+EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+
+
+def handler(request: Request) -> ChatHandler:
+    return request.app.state.handler
+
+
+def api_router(chat_request: type[ChatCompletionRequest]) -> APIRouter:
+    """The routes, with chat requests validated by `chat_request` (the server's limits)."""
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health(request: Request) -> Health:
+        current = handler(request).model
+        return Health(status="ok", model=current.uri, version=current.version)
+
+    @router.get("/v1/models", responses=AUTHENTICATED)
+    async def models(request: Request) -> ModelList:
+        return handler(request).models()
+
+    @router.get("/metrics", response_class=Response, responses=AUTHENTICATED | {
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Prometheus metrics."}
+    })
+    async def prometheus(request: Request) -> Response:
+        return Response(generate_latest(handler(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @router.post("/predict", responses=WITH_BODY)
+    async def predict(body: PredictRequest, request: Request) -> PredictResponse:
+        result = await handler(request).predict(request, request.state.key, body.input_text)
+        return PredictResponse(output_text=result.text, model_version=result.version)
+
+    @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=WITH_BODY | error_responses(404) | {
+        200: {"content": EVENT_STREAM, "description": "The completion, or with `stream: true` server-sent events."}
+    })
+    async def chat_completions(body: chat_request, request: Request) -> Any:  # type: ignore[valid-type]
+        answer = await handler(request).chat(request, request.state.key, body)
+        if isinstance(answer, ChatCompletion):
+            return answer
+        return StreamingResponse(answer, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return router
