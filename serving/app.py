@@ -26,7 +26,7 @@ from serving.engine import Engine
 from serving.handler import ChatHandler, ClientGone
 from serving.keys import KeyStore
 from serving.metrics import ServingMetrics
-from serving.middleware import CLIENT_CLOSED, Authenticate, BodyLimit, Observe
+from serving.middleware import CLIENT_CLOSED, Authenticate, Observe, RequestLimits
 from serving.models import ModelHolder, load_model
 from serving.protocol import APIError, limited_chat_request
 from serving.routes import api_router
@@ -66,8 +66,10 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
                   openapi_url="/openapi.json" if settings.openapi else None)
     app.openapi = published_schema(app)  # type: ignore[method-assign]
     app.include_router(api_router(limited_chat_request(settings)))
-    # Added innermost first: Observe sees every answer, Authenticate runs before any body is read.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_seconds)
+    # Added innermost first: Observe sees every answer; the key is checked first, then the
+    # limits, before anything reads the body (they wrap `receive`, so they hold while it is read).
+    app.add_middleware(RequestLimits, max_header_bytes=settings.max_header_bytes,
+                       max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout_seconds)
     app.add_middleware(Authenticate, keys=keys, metrics=metrics, open_paths=OPEN_PATHS)
     app.add_middleware(Observe, metrics=metrics)
 

@@ -1,5 +1,5 @@
 """Plain ASGI middleware (not BaseHTTPMiddleware, which hides client disconnects from
-handlers), outermost first: Observe, Authenticate, BodyLimit."""
+handlers), outermost first: Observe, Authenticate, RequestLimits."""
 
 from __future__ import annotations
 
@@ -96,27 +96,35 @@ class Authenticate:
         await self.app(scope, receive, send)
 
 
-class BodyLimit:
-    """413 for a body over `max_bytes`: at once when its Content-Length says so, else
-    as soon as the bytes received pass it (a chunked upload declares no length); 408
-    when the whole body has not arrived within `timeout` seconds."""
+class RequestLimits:
+    """431 for headers over `max_header_bytes`; 413 for a body over `max_body_bytes`: at
+    once when its Content-Length says so, else as soon as the bytes received pass it (a
+    chunked upload declares no length); 408 when the whole body has not arrived within
+    `body_timeout` seconds."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
-        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+    def __init__(self, app: ASGIApp, max_header_bytes: int, max_body_bytes: int, body_timeout: float) -> None:
+        self.app, self.max_header_bytes = app, max_header_bytes
+        self.max_body_bytes, self.body_timeout = max_body_bytes, body_timeout
 
     def too_large(self, size: str) -> APIError:
-        return APIError(413, f"request body of {size} bytes is over the limit of {self.max_bytes}",
+        return APIError(413, f"request body of {size} bytes is over the limit of {self.max_body_bytes}",
                         code="body_too_large")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if header_bytes > self.max_header_bytes:
+            error = APIError(431, f"request headers of {header_bytes} bytes are over the limit of "
+                             f"{self.max_header_bytes}", code="headers_too_large")
+            await error.response()(scope, receive, send)
+            return
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
             await self.too_large(declared).response()(scope, receive, send)
             return
-        received, deadline, done = 0, time.monotonic() + self.timeout, False
+        received, deadline, done = 0, time.monotonic() + self.body_timeout, False
 
         async def counted() -> Message:
             nonlocal received, done
@@ -125,10 +133,10 @@ class BodyLimit:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                raise APIError(408, f"the request body did not arrive within {self.timeout:g} seconds",
+                raise APIError(408, f"the request body did not arrive within {self.body_timeout:g} seconds",
                                code="request_timeout") from None
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > self.max_body_bytes:
                 raise self.too_large(f"at least {received}")
             done = message["type"] != "http.request" or not message.get("more_body", False)
             return message

@@ -74,8 +74,8 @@ def limited_chat_request(settings: ServingConfig) -> type[ChatCompletionRequest]
         messages=(list[ChatMessage], Field(min_length=1, max_length=settings.max_messages)),
         max_tokens=(int | None, tokens),
         max_completion_tokens=(int | None, tokens),
-        stop=(stop | list[stop] | None, Field(default=None, max_length=MAX_STOP_SEQUENCES,
-                                                description="Up to 4 sequences that end the answer.")),
+        stop=(stop | Annotated[list[stop], Field(max_length=MAX_STOP_SEQUENCES)] | None,
+              Field(default=None, description="Up to 4 sequences that end the answer.")),
     )
 
 
@@ -168,6 +168,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "No such model or path.",
         408: "The client took too long to send its request body.",
         413: "The request body is over the size limit.",
+        431: "The request headers are over the size limit.",
         429: "Rate limit reached; Retry-After says when to try again.",
     }
     return {status: {"model": ErrorResponse, "description": reasons[status]} for status in statuses}

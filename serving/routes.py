@@ -15,9 +15,14 @@ from serving.protocol import (
     ChatCompletion, ChatCompletionRequest, Health, ModelList, PredictRequest, PredictResponse, error_responses,
 )
 
-AUTHENTICATED = error_responses(401, 403)
-WITH_BODY = error_responses(400, 401, 403, 408, 413, 429)
-EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string"}}}
+AUTHENTICATED = error_responses(401, 403, 431)
+WITH_BODY = error_responses(400, 401, 403, 408, 413, 429, 431)
+# One server-sent event (OpenAPI before 3.2 describes an event stream event by event).
+EVENT_STREAM = {"text/event-stream": {"schema": {
+    "type": "object", "required": ["data"],
+    "properties": {"data": {"type": "string", "description": "A chat.completion.chunk, or an error, as JSON; "
+                                                            "the last event is [DONE]."}},
+}}}
 
 
 def handler(request: Request) -> ChatHandler:

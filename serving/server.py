@@ -1,6 +1,10 @@
 """uvicorn, configured against slow and oversized requests: h11 with a cap on the size
 of the request line and headers, and a deadline for them to arrive (slowloris). The
-body's own size and time limits are in serving/middleware.py."""
+body's own size and time limits are in serving/middleware.py.
+
+`python -m serving.server` serves with every setting from QAFORGE_* environment
+variables (what the serving image runs); `qaforge serve` takes them from a run config.
+"""
 
 from __future__ import annotations
 
@@ -48,3 +52,10 @@ def uvicorn_config(app: object, settings: ServeSettings, host: str | None = None
 
 def serve(app: object, settings: ServeSettings, host: str | None = None, port: int | None = None) -> None:
     uvicorn.Server(uvicorn_config(app, settings, host, port)).run()
+
+
+if __name__ == "__main__":
+    from serving.app import create_app
+
+    env_settings = ServeSettings()
+    serve(create_app(env_settings), env_settings)
