@@ -9,7 +9,7 @@ export ZENML_ANALYTICS_OPT_IN ?= false
 export MLFLOW_DISABLE_TELEMETRY ?= true
 export CRAWL4AI_NO_CLOUD_NOTICE ?= 1
 
-.PHONY: demo install setup run info serve doctor test lint lock
+.PHONY: demo install setup run info serve doctor test test-fast lint lock
 
 demo: doctor setup run info  ## install, check the machine, set up the stack, run the default pipeline, print where to look
 
@@ -44,6 +44,10 @@ serve: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The inner loop: everything but training and the whole-pipeline runs.
+test-fast: install
+	$(BIN)/python -m pytest -m "not training and not e2e"
 
 lint: install
 	$(BIN)/ruff check .

@@ -10,9 +10,9 @@ from pathlib import Path
 from qaforge.config import QAForgeConfig, load_config
 from qaforge.modeling import load_tokenizer, resolve_base_model
 from qaforge.records import ChunkSet, QADataset
-from steps.chunk import chunk_corpus
-from steps.ingest import ingest
-from steps.synthesize import synthesize
+from qaforge.chunking import chunk_corpus
+from qaforge.ingest import ingest
+from qaforge.synthesis import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ from qaforge.config import SourcesConfig  # noqa: E402
 from qaforge.sources.files import convert_path  # noqa: E402
 from qaforge.sources.web import crawl_site  # noqa: E402
 from qaforge.config import WebSource  # noqa: E402
-from steps.ingest import ingest  # noqa: E402
+from qaforge.ingest import ingest  # noqa: E402
 
 WORDS = (
     "charger battery connector voltage current kilowatt tariff depot cable inlet session "

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from common import default_config, default_dataset
 
+from qaforge.evaluation import ModelRef, evaluate, test_pairs
+from qaforge.evaluation.report import metrics_text
 from qaforge.modeling import resolve_base_model
-from steps.evaluate import evaluate, metrics_table, test_pairs
-from steps.train import fit, merge_adapter, sft_dataset
+from qaforge.records import ModelLabel
+from qaforge.training import train
 
 # Each method at its own learning rate, whatever the default config's method is: full
 # fine-tuning moves every weight, so the LoRA rate would wreck the model, and the full
@@ -41,22 +43,15 @@ def main() -> None:
             | {"learning_rate": LEARNING_RATES[method]}
         )
         with tempfile.TemporaryDirectory() as tmp:
-            work = Path(tmp)
             start = time.perf_counter()
-            result = fit(
-                sft_dataset(data.train, config.prompt.system_prompt),
-                sft_dataset(data.val, config.prompt.system_prompt),
-                base_dir,
-                cfg,
-                work,
-            )
-            model_dir = result.model_dir if method == "full" else merge_adapter(base_dir, result.model_dir, work / "merged")
+            run = train(data, config.model, cfg.model_copy(update={"output_dir": Path(tmp)}), config.prompt)
             minutes = (time.perf_counter() - start) / 60
-            report = evaluate({method: str(model_dir), "base": base_dir}, test_pairs(data, evaluation), config.prompt, evaluation)
-        print(metrics_table(report.metrics), flush=True)
+            models = {ModelLabel.CANDIDATE: ModelRef(str(run.model_dir)), ModelLabel.BASE: ModelRef(base_dir, fixed=True)}
+            report = evaluate(models, test_pairs(data, evaluation), config.prompt, evaluation, evaluation.cache_dir)
+        print(metrics_text(report.metrics), flush=True)
         gain = next(c for c in report.comparisons if c.metric == metric)
         general = next((c for c in report.comparisons if c.metric == "general_accuracy"), None)
-        rows.append((method, cfg.learning_rate, result.steps, minutes, result.best_val_loss, gain, general))
+        rows.append((method, cfg.learning_rate, run.fit.steps, minutes, run.fit.best_val_loss, gain, general))
     print(f"\n{'method':<7}{'lr':>8}{'steps':>6}{'train min':>10}{'best val':>9}{metric:>9}"
           f"{'gain [95% CI]':>27}{'gain/min':>9}{'general Δ':>10}")
     for method, lr, steps, minutes, val, gain, general in rows:

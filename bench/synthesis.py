@@ -11,7 +11,7 @@ import time
 
 from common import default_chunks, default_config
 
-from steps.synthesize import candidate_pairs, synthesize
+from qaforge.synthesis import candidate_pairs, synthesize
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ def naive(pairs: list, base_dir: str, cfg: TrainingConfig, out: Path) -> dict[st
 
     from qaforge.hardware import Device, Precision
     from qaforge.modeling import load_tokenizer
-    from steps.train import load_trainable_model, training_compute
+    from qaforge.training import load_trainable_model, training_compute
 
     tokenizer = load_tokenizer(base_dir)
     texts = [
@@ -65,7 +65,7 @@ def naive(pairs: list, base_dir: str, cfg: TrainingConfig, out: Path) -> dict[st
 def qaforge(pairs: list, base_dir: str, cfg: TrainingConfig, out: Path) -> dict[str, float]:
     from datasets import Dataset
 
-    from steps.train import fit
+    from qaforge.training import fit
 
     start = time.perf_counter()
     result = fit(Dataset.from_list(pairs), None, base_dir, cfg, out)
@@ -84,7 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     from qaforge.hardware import Machine, Precision
     from qaforge.modeling import resolve_base_model
-    from steps.train import sft_dataset, training_compute
+    from qaforge.training import sft_dataset, training_compute
 
     config = default_config()
     data = default_dataset(config)

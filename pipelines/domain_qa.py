@@ -31,6 +31,6 @@ def domain_qa_pipeline(config: dict[str, Any]) -> None:
     chunks = chunk_step(corpus, cfg.chunking, cfg.model)
     data = synthesize_step(chunks, cfg.synthesis, cfg.prompt)
     trained = train_step(data, cfg.model, cfg.training, cfg.prompt)
-    report = evaluate_step(data, trained, cfg.prompt, cfg.evaluation)
+    report = evaluate_step(data, trained, cfg.model, cfg.prompt, cfg.evaluation, cfg.registry)
     registered = register_step(trained, cfg.registry)
-    promote_step(report, registered, data, cfg.prompt, cfg.evaluation, cfg.registry)
+    promote_step(report, registered, cfg.evaluation, cfg.registry)

@@ -78,8 +78,8 @@ def rollback(config_path: Path) -> None:
     """Give @production back to the version holding @previous (and swap them)."""
     import yaml
 
-    from steps.promote import rollback as swap
-    from steps.promote import set_zenml_stage
+    from qaforge.registry import rollback as swap
+    from qaforge.registry import set_zenml_stage
 
     cfg = _load(config_path)
     name, registry = cfg.registry.model_name, cfg.registry

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from enum import StrEnum
+
 from qaforge.hardware import Device, Precision, Quantization
 
 # Shipped with qaforge: general QA (forgetting guard) and replay data.
@@ -27,6 +29,43 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are a concise assistant for the documents you were trained on. "
     "Answer in one or two full sentences."
 )
+
+
+class Generator(StrEnum):
+    OFFLINE = "offline"
+    TEACHER = "teacher"
+
+
+class AnswerStyle(StrEnum):
+    SENTENCE = "sentence"
+    BRIEF = "brief"
+    MARKDOWN = "markdown"
+
+    @property
+    def wording(self) -> str:
+        """How the teacher prompt asks for this style."""
+        return {
+            AnswerStyle.SENTENCE: "one or two full sentences",
+            AnswerStyle.BRIEF: "one short sentence",
+            AnswerStyle.MARKDOWN: "Markdown, with a numbered or bulleted list where the answer has several parts",
+        }[self]
+
+
+class Method(StrEnum):
+    QLORA = "qlora"
+    LORA = "lora"
+    FULL = "full"
+
+
+class Metric(StrEnum):
+    """Answer metrics the gate can decide on (higher is better)."""
+
+    ROUGE_L = "rougeL"
+    ROUGE_1 = "rouge1"
+    ROUGE_2 = "rouge2"
+    BLEU = "bleu"
+    CHRF = "chrf"
+    TOKEN_F1 = "token_f1"
 
 
 class _Strict(BaseModel):
@@ -198,7 +237,7 @@ class TeacherConfig(EndpointConfig):
 
 
 class SynthesisConfig(_Strict):
-    generator: Literal["offline", "teacher"] = "offline"
+    generator: Generator = Generator.OFFLINE
     teacher: TeacherConfig | None = None
     max_pairs_per_chunk: int = Field(default=6, ge=1)
     min_grounding: float = Field(
@@ -208,8 +247,8 @@ class SynthesisConfig(_Strict):
         default=0.85, gt=0, le=1, description="Jaccard of content words above which a question repeats one."
     )
     min_answer_words: int = Field(default=4, ge=1)
-    answer_style: Literal["sentence", "brief", "markdown"] = Field(
-        default="sentence",
+    answer_style: AnswerStyle = Field(
+        default=AnswerStyle.SENTENCE,
         description="Target answers: full sentences, the first sentence only, or Markdown lists.",
     )
     max_answer_words: int = Field(default=80, ge=1)
@@ -227,7 +266,7 @@ class SynthesisConfig(_Strict):
 
     @model_validator(mode="after")
     def _teacher_configured(self) -> SynthesisConfig:
-        if self.generator == "teacher" and self.teacher is None:
+        if self.generator is Generator.TEACHER and self.teacher is None:
             raise ValueError("generator 'teacher' needs a teacher section")
         return self
 
@@ -240,8 +279,8 @@ class ReplayConfig(_Strict):
 
 
 class TrainingConfig(ComputeOptions):
-    method: Literal["qlora", "lora", "full"] = Field(
-        default="qlora",
+    method: Method = Field(
+        default=Method.QLORA,
         description="qlora: LoRA on a 4-bit NF4 base; lora: LoRA on a full-precision base; full: every weight.",
     )
     max_steps: int = Field(default=60, ge=1)
@@ -307,7 +346,7 @@ class EvaluationConfig(InferenceOptions):
         default=64, ge=1, description="Questions generated together, grouped by prompt length (greedy either way)."
     )
     max_examples: int | None = Field(default=None, ge=1)
-    primary_metric: Literal["rougeL", "rouge1", "rouge2", "bleu", "chrf", "token_f1"] = "rougeL"
+    primary_metric: Metric = Metric.ROUGE_L
     bootstrap_samples: int = Field(default=1000, ge=100, description="Paired bootstrap resamples.")
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     latency_samples: int = Field(
@@ -324,6 +363,11 @@ class EvaluationConfig(InferenceOptions):
     judge: JudgeConfig | None = None
     report_dir: Path = Field(default=Path("reports"), description="HTML and Markdown reports, one folder per run.")
     examples_in_report: int = Field(default=8, ge=0)
+    cache_dir: Path | None = Field(
+        default=Path(".qaforge/answers"),
+        description="Answers of models that do not change (the base, a registered version), by model, questions "
+        "and generation settings: a retrain generates only the candidate's (None: no cache).",
+    )
 
 
 class RegistryConfig(_Strict):
@@ -386,7 +430,23 @@ class ServingConfig(InferenceOptions):
     )
 
 
+# Where each stage keeps its cache, under the config's `cache_dir` unless set on its own.
+CACHE_DIRS = {
+    ("sources", "state_dir"): "ingest",
+    ("model", "cache_dir"): "models",
+    ("chunking", "cache_dir"): "chunks",
+    ("synthesis", "cache_dir"): "synthesis",
+    ("training", "output_dir"): "train",
+    ("evaluation", "cache_dir"): "answers",
+}
+
+
 class QAForgeConfig(_Strict):
+    cache_dir: Path = Field(
+        default=Path(".qaforge"),
+        description="Root of every cache: ingest state, the dequantized base model, chunks, teacher answers, "
+        "training checkpoints, evaluation answers (each can also be set in its own section).",
+    )
     sources: SourcesConfig
     model: ModelConfig = ModelConfig()
     prompt: PromptConfig = PromptConfig()
@@ -397,6 +457,18 @@ class QAForgeConfig(_Strict):
     registry: RegistryConfig = RegistryConfig()
     serving: ServingConfig = ServingConfig()
     verbose: bool = Field(default=False, description="Show the INFO logs of docling, crawl4ai and the like.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _caches_under_root(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        root, data = Path(data.get("cache_dir", ".qaforge")), dict(data)
+        for (section, key), name in CACHE_DIRS.items():
+            values = data.get(section, {} if section != "sources" else None)  # `sources` is required
+            if isinstance(values, dict) and key not in values:
+                data[section] = {**values, key: root / name}
+        return data
 
 
 class ConfigError(ValueError):

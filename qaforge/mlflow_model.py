@@ -48,3 +48,21 @@ def log_qa_model(merged_dir: str, system_prompt: str | None) -> str:
         pip_requirements=["mlflow", "torch", "transformers", "pydantic"],
     )
     return info.model_uri
+
+
+def is_mlflow_uri(location: str) -> bool:
+    return location.startswith(("runs:/", "models:/", "mlflow-artifacts:/"))
+
+
+def load_qa_model(uri: str, options: InferenceOptions) -> QAModel:
+    """A logged model, wherever its artifacts are (MLflow downloads them), on the device
+    and in the precision `options` ask for."""
+    return mlflow.pyfunc.load_model(uri, model_config=inference_options(options)).unwrap_python_model()
+
+
+def load_model_and_tokenizer(location: str, options: InferenceOptions) -> tuple[Any, Any]:
+    """A model by MLflow URI or local folder."""
+    if is_mlflow_uri(location):
+        loaded = load_qa_model(location, options)
+        return loaded.model, loaded.tokenizer
+    return load_for_inference(location, options)

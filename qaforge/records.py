@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -30,7 +31,7 @@ class Document(BaseModel):
 
 
 FailureKind = Literal[
-    "unreachable", "timeout", "http_error", "robots", "blocked", "content_type",
+    "unreachable", "unreadable", "timeout", "http_error", "robots", "blocked", "content_type",
     "too_large", "conversion", "encrypted", "empty", "too_short", "language",
 ]
 
@@ -136,11 +137,13 @@ class QADataset(BaseModel):
 
 
 class TrainedModel(BaseModel):
+    """A fine-tuned model, logged to MLflow: later steps load it by URI, so they need
+    not share a disk with the training step."""
+
     method: str
-    base_model_dir: str
-    adapter_dir: str | None = Field(description="The LoRA adapter; None for full fine-tuning.")
-    merged_dir: str = Field(description="The full model that is evaluated and served.")
-    model_uri: str = Field(description="MLflow URI of the logged merged model.")
+    base_model: str = Field(description="The base model's name or path, as configured.")
+    model_uri: str = Field(description="MLflow URI of the full (merged) model, as it is evaluated and served.")
+    adapter_uri: str | None = Field(default=None, description="MLflow URI of the LoRA adapter; None for full.")
     mlflow_run_id: str
     train_loss: float
     steps: int
@@ -155,8 +158,24 @@ class EvalRow(BaseModel):
     question: str
     reference: str
     source: str
+    doc_id: str = ""
     kind: str = ""
     answers: dict[str, str] = Field(description="Model label -> generated answer.")
+
+
+class ModelLabel(StrEnum):
+    """The models an evaluation compares."""
+
+    CANDIDATE = "candidate"
+    BASE = "base"
+    PRODUCTION = "production"
+
+
+class Resampling(StrEnum):
+    """What a bootstrap resamples: questions, or whole documents (a cluster bootstrap)."""
+
+    QUESTIONS = "questions"
+    DOCUMENTS = "documents"
 
 
 class Interval(BaseModel):
@@ -172,6 +191,8 @@ class Interval(BaseModel):
     low: float
     high: float
     confidence: float
+    resampled: Resampling = Resampling.QUESTIONS
+    clusters: int | None = Field(default=None, description="How many units were resampled.")
 
 
 class PairwiseResult(BaseModel):
@@ -192,8 +213,11 @@ class PairwiseResult(BaseModel):
 
 class EvalReport(BaseModel):
     metrics: dict[str, dict[str, float]] = Field(description="Model label -> metric -> value.")
+    models: dict[str, str] = Field(default_factory=dict, description="Model label -> the model it scored.")
+    reused: list[str] = Field(default_factory=list, description="Labels whose answers came from the answer cache.")
     comparisons: list[Interval] = Field(
-        default_factory=list, description="Candidate minus base, per metric, with bootstrap CIs."
+        default_factory=list,
+        description="Candidate minus each other model, per metric, with bootstrap CIs over questions and documents.",
     )
     by_source: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="Source -> 'n' and model label -> primary metric on its questions."

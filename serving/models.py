@@ -54,13 +54,9 @@ def load_model(uri: str, options: InferenceOptions | None = None) -> LoadedModel
 
         model, tokenizer = load_for_inference(uri, options)
         return LoadedModel(uri, model_name(uri), None, model, tokenizer, None)
-    import mlflow
+    from qaforge.mlflow_model import load_qa_model
 
-    from qaforge.mlflow_model import inference_options
-
-    qa = mlflow.pyfunc.load_model(
-        f"models:/{model_name(uri)}/{version}", model_config=inference_options(options)
-    ).unwrap_python_model()
+    qa = load_qa_model(f"models:/{model_name(uri)}/{version}", options)
     return LoadedModel(uri, model_name(uri), version, qa.model, qa.tokenizer, qa.system_prompt)
 
 

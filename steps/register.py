@@ -1,30 +1,12 @@
-"""Register: the merged model, as logged by its training run, becomes a new MLflow
-model version, linked to the ZenML model version of this pipeline run."""
+"""The register step: qaforge.registry.register, linked to this run's ZenML model version."""
 
 from __future__ import annotations
 
 from zenml import get_step_context, log_metadata, step
-from zenml.model_registries.base_model_registry import ModelRegistryModelMetadata
 
 from qaforge.config import RegistryConfig
 from qaforge.records import RegisteredModel, TrainedModel
-from qaforge.tracking import model_registry
-
-
-def register(trained: TrainedModel, cfg: RegistryConfig, run_name: str | None = None) -> RegisteredModel:
-    version = model_registry().register_model_version(
-        name=cfg.model_name,
-        model_source_uri=trained.model_uri,
-        description=f"{trained.method} fine-tune, {trained.steps} steps, train loss {trained.train_loss:.4f}",
-        metadata=ModelRegistryModelMetadata(
-            zenml_run_name=run_name, mlflow_run_id=trained.mlflow_run_id
-        ),
-    )
-    return RegisteredModel(
-        name=cfg.model_name,
-        version=str(version.version),
-        model_uri=f"models:/{cfg.model_name}/{version.version}",
-    )
+from qaforge.registry import register
 
 
 @step(experiment_tracker=True)

@@ -47,7 +47,7 @@ def tokenizer(base_model_dir: str):  # noqa: ANN201
 
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    from steps.ingest import ingest
+    from qaforge.ingest import ingest
 
     sources = SourcesConfig(
         web=[{"start": "index.html", "serve_dir": SAMPLE / "site"}],
@@ -61,14 +61,14 @@ def sample_corpus(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 @pytest.fixture(scope="session")
 def sample_chunks(sample_corpus, tokenizer):  # noqa: ANN001, ANN201
-    from steps.chunk import chunk_corpus
+    from qaforge.chunking import chunk_corpus
 
     return chunk_corpus(sample_corpus, tokenizer, max_tokens=192)
 
 
 @pytest.fixture(scope="session")
 def sample_dataset(sample_chunks):  # noqa: ANN001, ANN201
-    from steps.synthesize import synthesize
+    from qaforge.synthesis import synthesize
 
     return synthesize(sample_chunks, SynthesisConfig())
 

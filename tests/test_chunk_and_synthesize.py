@@ -5,8 +5,11 @@ import pytest
 
 from qaforge.config import SynthesisConfig
 from qaforge.records import Chunk, ChunkSet
-from qaforge.offline_qa import follow_ups_for_chunk, pairs_for_chunk, sentences, styled
-from steps.synthesize import QuestionIndex, grounding, split_by_document, synthesize
+from qaforge.synthesis.offline import follow_ups_for_chunk, pairs_for_chunk, sentences, styled
+from qaforge.synthesis import synthesize
+from qaforge.synthesis.filters import QuestionIndex, grounding
+from qaforge.refusal import is_refusal
+from qaforge.synthesis.split import split_by_document
 
 
 def test_chunks_carry_provenance_and_fit_the_token_budget(sample_corpus, sample_chunks) -> None:  # noqa: ANN001
@@ -144,3 +147,43 @@ def test_unanswerable_questions_are_spread_over_the_splits(sample_chunks) -> Non
     assert sum(map(len, slices.values())) == len(questions)
     assert slices["test"] and slices["train"], "taught in train, measured in test"
     assert all(p.answer == SynthesisConfig().unanswerable_answer for ps in slices.values() for p in ps)
+
+
+def splits_of(pairs, cfg: SynthesisConfig) -> dict[str, str]:  # noqa: ANN001
+    return {p.doc_id: name for name, ps in zip(("train", "val", "test"), split_by_document(pairs, cfg)) for p in ps}
+
+
+def test_adding_or_removing_documents_moves_no_other_document(sample_dataset) -> None:  # noqa: ANN001
+    """Else a model trained on an earlier run's train split could be tested on the same
+    documents now, and the gate would be biased against the candidate."""
+    cfg = SynthesisConfig()
+    pairs = sample_dataset.train + sample_dataset.val + sample_dataset.test
+    before = splits_of(pairs, cfg)
+    added = [p.model_copy(update={"doc_id": f"new-{i % 7}"}) for i, p in enumerate(pairs[:60])]
+    after = splits_of(pairs + added, cfg)
+    assert {d: s for d, s in after.items() if d in before} == before
+    dropped = sorted(before)[0]
+    assert splits_of([p for p in pairs if p.doc_id != dropped], cfg) == {d: s for d, s in before.items() if d != dropped}
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I don't know.",
+        "I cannot answer that from the manual.",
+        "The manual does not cover winter tyres.",
+        "That is not mentioned in the documents.",
+        "This is not provided in the text.",
+        "There is no information about that.",
+        SynthesisConfig().unanswerable_answer,
+    ],
+)
+def test_synthesis_and_evaluation_share_one_definition_of_a_refusal(answer: str) -> None:
+    """Synthesis drops generated refusals and evaluation counts refusals with the same
+    rule: before, each had its own and they disagreed on most of these."""
+    import qaforge.evaluation as evaluation
+    import qaforge.synthesis as synthesis
+
+    assert synthesis.is_refusal is evaluation.is_refusal is is_refusal
+    assert is_refusal(answer)
+    assert not is_refusal("Level 2 charging uses a 240 V supply and delivers up to 19.2 kW.")

@@ -5,15 +5,16 @@ import pytest
 import sacrebleu
 import torch
 
-from qaforge.metrics import (
-    compare, contains_any, is_refusal, normalize_answer, paired_bootstrap, score_answers, token_f1,
+from qaforge.evaluation.metrics import (
+    compare, contains_any, normalize_answer, paired_bootstrap, score_answers, token_f1,
 )
+from qaforge.refusal import is_refusal
 from qaforge.config import InferenceOptions
 from qaforge.modeling import generate_answers, length_batches, load_for_inference, reference_nll
 from qaforge.prompting import build_messages, render_prompt
-from qaforge.records import Interval
-from steps.evaluate import metrics_table
-from steps.promote import decide
+from qaforge.records import EvalReport, Interval
+from qaforge.evaluation.report import metrics_text
+from qaforge.registry import decide
 
 
 def test_token_f1_by_hand() -> None:
@@ -120,7 +121,7 @@ def test_refusals_and_accepted_answers() -> None:
 
 
 def test_metrics_table_lists_every_model() -> None:
-    table = metrics_table({"candidate": {"rougeL": 0.35, "judge": 4.1}, "base": {"rougeL": 0.2}})
+    table = metrics_text({"candidate": {"rougeL": 0.35, "judge": 4.1}, "base": {"rougeL": 0.2}})
     assert table.splitlines()[1].split() == ["rougeL", "0.3500", "0.2000"]
     assert table.splitlines()[2].split() == ["judge", "4.1000"]
 
@@ -151,7 +152,7 @@ def test_gate_decisions(base, production, margin, drop, promoted, reason) -> Non
 
 def test_by_source_scores_each_source_on_its_own_questions() -> None:
     from qaforge.records import QAPair
-    from steps.evaluate import by_source
+    from qaforge.evaluation import by_source
 
     questions = [
         QAPair(question=f"q{i}", answer="a", chunk_id="c", doc_id="d", source=src, kind="fact", grounding=1.0)
@@ -164,3 +165,85 @@ def test_by_source_scores_each_source_on_its_own_questions() -> None:
     }
     table = by_source(questions, scored, "exact_match")
     assert table == {"a.pdf": {"n": 2, "candidate": 1.0, "base": 0.5}, "b.html": {"n": 1, "candidate": 1.0, "base": 0.0}}
+
+
+def test_resampling_documents_widens_the_interval_when_documents_differ() -> None:
+    """Twenty documents of ten questions each, whose gains differ by document: the
+    questions of one document are not independent, and only the cluster bootstrap
+    says how uncertain the gain really is."""
+    rng = np.random.default_rng(0)
+    per_document = rng.normal(0.1, 0.2, 20)
+    diff = np.repeat(per_document, 10) + rng.normal(0, 0.02, 200)
+    documents = [f"doc{i // 10}" for i in range(200)]
+    questions = paired_bootstrap("x", lambda i: diff[i].mean(), lambda i: 0.0, 200)
+    by_document = paired_bootstrap("x", lambda i: diff[i].mean(), lambda i: 0.0, 200, clusters=documents)
+    assert (questions.resampled, questions.clusters) == ("questions", 200)
+    assert (by_document.resampled, by_document.clusters) == ("documents", 20)
+    assert questions.gain == by_document.gain
+    # The spread of 20 document means is about sd 0.2 / sqrt(20); of 200 questions, 0.2 / sqrt(200) at most.
+    assert by_document.high - by_document.low > 2 * (questions.high - questions.low)
+    assert by_document.high - by_document.low == pytest.approx(2 * 1.96 * per_document.std() / np.sqrt(20), rel=0.3)
+
+
+def report_with(comparisons: list[Interval], production: str | None = None) -> EvalReport:
+    labels = ["candidate", "base"] + (["production"] if production else [])
+    return EvalReport(metrics={label: {"rougeL": 0.3} for label in labels}, comparisons=comparisons, rows=[],
+                      models={"production": production} if production else {})
+
+
+def test_the_gate_decides_on_documents_and_on_production_from_the_same_report() -> None:
+    from qaforge.config import RegistryConfig
+    from qaforge.registry import gate
+
+    narrow = interval(0.02, 0.10)
+    wide = interval(-0.05, 0.20).model_copy(update={"resampled": "documents", "clusters": 6})
+    decision = gate(report_with([narrow, wide]), "4", "rougeL", RegistryConfig())
+    assert not decision.promoted and decision.versus_base == wide, "the document-level interval decides"
+    over_production = interval(0.01, 0.03, 0.40, 0.38).model_copy(update={"b": "production", "resampled": "documents"})
+    decision = gate(report_with([narrow, over_production], "models:/qaforge-ev/3"), "4", "rougeL", RegistryConfig())
+    assert decision.promoted and decision.production_version == "3"
+    assert decision.versus_production == over_production
+
+
+def test_evaluation_scores_a_logged_model_by_uri_and_reuses_fixed_models_answers(base_model_dir, tmp_path) -> None:  # noqa: ANN001
+    """The candidate exists only as an MLflow model (as the train step leaves it); the
+    base is fixed, so its answers come from the cache the second time."""
+    import mlflow
+
+    from qaforge.mlflow_model import log_qa_model
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("eval-by-uri")):
+            uri = log_qa_model(base_model_dir, "Be brief.")
+        run_evaluations(uri, base_model_dir, tmp_path)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def run_evaluations(uri: str, base_model_dir: str, tmp_path) -> None:  # noqa: ANN001
+    from qaforge.config import EvaluationConfig, PromptConfig
+    from qaforge.evaluation import ModelRef, evaluate
+    from qaforge.records import ModelLabel, QAPair
+
+    pairs = [
+        QAPair(question=q, answer=a, chunk_id=f"c{i}", doc_id=f"d{i % 2}", source=f"s{i % 2}", kind="fact",
+               grounding=1.0)
+        for i, (q, a) in enumerate([("What is OCPP?", "OCPP is a charging protocol."),
+                                    ("What is CCS?", "CCS is a plug."), ("What is Level 2?", "240 V charging.")])
+    ]
+    cfg = EvaluationConfig(max_new_tokens=6, latency_samples=0, general_qa=None, bootstrap_samples=100,
+                           precision="fp32")
+    models = {ModelLabel.CANDIDATE: ModelRef(uri), ModelLabel.BASE: ModelRef(base_model_dir, fixed=True)}
+    first = evaluate(models, pairs, PromptConfig(system_prompt="Be brief."), cfg, tmp_path / "answers")
+    assert first.reused == [] and first.models["candidate"] == uri
+    assert [r.answers["candidate"] for r in first.rows] == [r.answers["base"] for r in first.rows], (
+        "the logged model is the base model, so it answers the same"
+    )
+    assert {(c.b, c.resampled) for c in first.comparisons} == {("base", "questions"), ("base", "documents")}
+    again = evaluate(models, pairs, PromptConfig(system_prompt="Be brief."), cfg, tmp_path / "answers")
+    assert again.reused == ["base"], "the candidate is never cached"
+    assert again.rows == first.rows and again.metrics == first.metrics
+    other = cfg.model_copy(update={"max_new_tokens": 7})
+    assert evaluate(models, pairs, PromptConfig(system_prompt="Be brief."), other, tmp_path / "answers").reused == []

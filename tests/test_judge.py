@@ -9,9 +9,9 @@ import re
 import pytest
 
 from qaforge.config import EvaluationConfig, JudgeConfig
-from qaforge.judge import pairwise, rubric_scores
+from qaforge.evaluation.judge import pairwise, rubric_scores
 from qaforge.records import EvalReport, EvalRow
-from steps.evaluate import judge
+from qaforge.evaluation import judge
 
 from fixture_site import chat_completion, serve_chat
 

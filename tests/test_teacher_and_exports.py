@@ -13,11 +13,11 @@ import pytest
 from datasets import load_dataset
 
 from qaforge.config import SynthesisConfig, TeacherConfig
-from qaforge.exports import dataset_card, write_exports
+from qaforge.synthesis.exports import dataset_card, write_exports
 from qaforge.records import Chunk, ChunkSet
 from qaforge.chat_client import EndpointError
-from qaforge.teacher import teacher_pairs
-from steps.synthesize import synthesize
+from qaforge.synthesis.teacher import teacher_pairs
+from qaforge.synthesis import synthesize
 
 from fixture_site import chat_completion, serve_chat
 
@@ -171,5 +171,8 @@ def test_exports_load_with_datasets(sample_dataset, tmp_path: Path) -> None:  # 
         alpaca = load_dataset("json", data_files=str(tmp_path / f"{split}.alpaca.json"), split="train")
         assert {"instruction", "input", "output", "system", "source"} <= set(alpaca.column_names)
         assert alpaca[0]["output"] == getattr(sample_dataset, split)[0].answer
+        for row, pair in zip(alpaca, getattr(sample_dataset, split)):
+            assert row["history"] == [[t.question, t.answer] for t in pair.history]
+    assert any(p.history for p in sample_dataset.train), "follow-ups are exported with their earlier turns"
     card = dataset_card(sample_dataset)
     assert f"| train | {len(sample_dataset.train)} |" in card and "## Source coverage" in card

@@ -23,7 +23,7 @@ from qaforge.config import GENERAL_DATA, ReplayConfig, TrainingConfig
 from qaforge.general_data import GeneralQuestion, ReplayExample, read_jsonl
 from qaforge.records import QAPair
 from qaforge.hardware import Precision
-from steps.train import fit, load_trainable_model, replay_sample, sft_dataset, training_compute
+from qaforge.training import fit, load_trainable_model, replay_sample, sft_dataset, training_compute
 
 from conftest import REPO
 
@@ -51,6 +51,7 @@ def small_config(method: str, **overrides: object) -> TrainingConfig:
     return TrainingConfig(**settings | overrides)
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("method", ["qlora", "lora", "full"])
 def test_each_method_lowers_train_and_val_loss(base_model_dir, tmp_path, method) -> None:  # noqa: ANN001
     data = sft_dataset(pairs(), "Answer about the depot.")
@@ -64,12 +65,14 @@ def test_each_method_lowers_train_and_val_loss(base_model_dir, tmp_path, method)
     assert ("model.safetensors" if method == "full" else "adapter_model.safetensors") in saved
 
 
+@pytest.mark.training
 def test_packing_trains_on_the_same_examples(base_model_dir, tmp_path) -> None:  # noqa: ANN001
     result = fit(sft_dataset(pairs(), None), None, base_model_dir, small_config("lora", packing=True), tmp_path)
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert losses[-1] < losses[0] * 0.8, losses
 
 
+@pytest.mark.training
 @pytest.mark.parametrize("precision", [Precision.FP32, Precision.BF16])
 def test_forced_precision_trains_in_that_precision(base_model_dir, tmp_path, precision) -> None:  # noqa: ANN001
     """Both precisions train whatever the CPU (bf16 slowly where it is not native), and
@@ -96,6 +99,7 @@ def lora_gradients(model: torch.nn.Module, batch: dict, autocast: torch.dtype | 
     return torch.cat([p.grad.flatten().float() for p in peft_model.parameters() if p.requires_grad])
 
 
+@pytest.mark.training
 def test_qlora_gradients_match_a_full_precision_reference(base_model_dir, tokenizer) -> None:  # noqa: ANN001
     """The reference is fp32 over the same NF4-dequantized weights, so the only
     difference left is the 4-bit kernels and the compute precision this machine gets.
@@ -123,11 +127,12 @@ import sys
 from pathlib import Path
 sys.path[:0] = [{repo!r}, {tests!r}]
 from test_training import RESUMABLE, pairs, small_config
-from steps.train import fit, sft_dataset
+from qaforge.training import fit, sft_dataset
 fit(sft_dataset(pairs(), None), None, {base!r}, small_config("lora", **RESUMABLE), Path({work!r}))
 """
 
 
+@pytest.mark.training
 def test_killed_run_resumes_from_its_last_checkpoint(base_model_dir, tmp_path, caplog) -> None:  # noqa: ANN001
     work = tmp_path / "killed"
     script = KILLED_RUN.format(repo=str(REPO), tests=str(REPO / "tests"), base=base_model_dir, work=str(work))
@@ -170,3 +175,16 @@ def test_bad_jsonl_line_is_named(tmp_path: Path) -> None:
     path.write_text('{"question": "q", "answer": "a"}\n{"question": "q2"}\n')
     with pytest.raises(ValueError, match=r"replay.jsonl:2: answer: Field required"):
         read_jsonl(path, ReplayExample)
+
+
+def test_dataset_hash_sees_the_earlier_turns() -> None:
+    """Two datasets that differ only in a follow-up's first turn train different
+    models, so they must not share a checkpoint folder."""
+    from qaforge.records import QAPair, Turn
+    from qaforge.training import dataset_hash
+
+    def pair(first_answer: str) -> QAPair:
+        return QAPair(history=[Turn(question="What is Level 2?", answer=first_answer)], question="How fast is it?",
+                      answer="Up to 19.2 kW.", chunk_id="c", doc_id="d", source="s", kind="follow-up", grounding=1.0)
+
+    assert dataset_hash([pair("AC charging at 240 V.")]) != dataset_hash([pair("DC fast charging.")])

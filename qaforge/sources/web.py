@@ -128,25 +128,49 @@ def link_allowed(url: str, origin: str, source: WebSource) -> bool:
     return not any(fnmatch.fnmatch(url, p) for p in source.exclude)
 
 
-def sitemap_urls(start_url: str, timeout: float) -> list[str]:
-    """<loc> entries of the site's /sitemap.xml (one level of sitemap index followed)."""
+def sitemap_urls(start_url: str, timeout: float) -> tuple[list[str], list[IngestFailure]]:
+    """<loc> entries of the site's /sitemap.xml (one level of sitemap index followed),
+    and what went wrong on the way: a sitemap that is missing, unreachable or not XML
+    (many sites answer /sitemap.xml with an HTML page and status 200) only costs its
+    seeds, never the crawl."""
     root = urljoin(start_url, "/sitemap.xml")
     urls: list[str] = []
+    failures: list[IngestFailure] = []
     pending = [root]
     with httpx.Client(timeout=timeout, follow_redirects=True) as client:
         while pending:
-            response = client.get(pending.pop(0))
-            if response.status_code != 200:
-                log.warning("sitemap %s: HTTP %s", response.url, response.status_code)
+            url = pending.pop(0)
+            try:
+                response = client.get(url)
+            except httpx.TimeoutException as exc:
+                failures.append(IngestFailure(source=url, kind="timeout", reason=f"sitemap: {exc!r}"))
                 continue
-            tree = ElementTree.fromstring(response.content)
+            except httpx.HTTPError as exc:
+                failures.append(IngestFailure(source=url, kind="unreachable", reason=f"sitemap: {exc!r}"))
+                continue
+            if response.status_code == 404 and url == root:  # no sitemap: nothing to report
+                continue
+            if response.status_code != 200:
+                failures.append(IngestFailure(source=url, kind="http_error", status=response.status_code,
+                                              reason=f"sitemap: HTTP {response.status_code}"))
+                continue
+            try:
+                tree = ElementTree.fromstring(response.content)
+            except ElementTree.ParseError as exc:
+                failures.append(IngestFailure(
+                    source=url, kind="content_type", status=200,
+                    reason=f"sitemap is not XML ({response.headers.get('content-type', 'no content type')}): {exc}",
+                ))
+                continue
             namespace = tree.tag.partition("}")[0] + "}" if tree.tag.startswith("{") else ""
             locs = [e.text.strip() for e in tree.iter(f"{namespace}loc") if e.text]
             if tree.tag.endswith("sitemapindex"):
                 pending.extend(locs)
             else:
                 urls.extend(locs)
-    return urls
+    for failure in failures:
+        log.warning("ingest: %s: %s", failure.source, failure.reason)
+    return urls, failures
 
 
 def _classify_failure(url: str, result: Any, errors: list[BaseException]) -> IngestFailure:
@@ -263,9 +287,10 @@ async def _crawl(source: WebSource, start_url: str, downloads: Path) -> CrawlOut
             finally:
                 progress.update()
 
-    seeds = [start_url]
+    seeds, sitemap_failures = [start_url], []
     if source.sitemap:
-        seeds += await asyncio.to_thread(sitemap_urls, start_url, source.timeout_seconds)
+        found, sitemap_failures = await asyncio.to_thread(sitemap_urls, start_url, source.timeout_seconds)
+        seeds += found
     seen: set[str] = set()
     level = []
     for url in seeds:
@@ -294,7 +319,7 @@ async def _crawl(source: WebSource, start_url: str, downloads: Path) -> CrawlOut
                         next_level.append(link)
             level = next_level
     progress.close()
-    return CrawlOutcome(pages=pages, failures=failures)
+    return CrawlOutcome(pages=pages, failures=failures + sitemap_failures)
 
 
 def _fetched(url: str, result: Any) -> FetchedPage:

@@ -1,5 +1,5 @@
-"""A human-readable evaluation report: base versus candidate, as Markdown and as one
-self-contained HTML file, with PNG plots.
+"""A human-readable evaluation report: the candidate versus the base (and the current
+production version), as Markdown and as one self-contained HTML file, with PNG plots.
 
 Both documents are rendered from the same list of sections, so they cannot drift apart.
 Plots use matplotlib's object-oriented `Figure` rather than pyplot: it needs no GUI
@@ -19,13 +19,14 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from qaforge.metrics import LOWER_IS_BETTER
-from qaforge.records import EvalReport, EvalRow, Interval, PairwiseResult, TrainedModel
+from qaforge.evaluation.metrics import LOWER_IS_BETTER
+from qaforge.records import EvalReport, EvalRow, Interval, ModelLabel, PairwiseResult, Resampling, TrainedModel
 
 SIGNIFICANT = 4
 DPI = 100  # Fixed, so the PNGs (embedded in the HTML as base64) stay small.
-# Base grey, candidate blue, then any further model (e.g. production); the same in every plot.
-PALETTE = ("#9aa5b1", "#2b6cb0", "#dd6b20", "#38a169")
+# One colour per model, the same in every plot whatever order the models come in.
+COLORS = {ModelLabel.BASE: "#9aa5b1", ModelLabel.CANDIDATE: "#2b6cb0", ModelLabel.PRODUCTION: "#dd6b20"}
+OTHER_COLOR = "#38a169"
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem;
        color: #1a202c; line-height: 1.45; }
@@ -79,7 +80,7 @@ def write_report(
     plots = {
         name: path
         for name, path in (
-            ("metrics", plot_metrics(report.comparisons, out_dir / "metrics.png")),
+            ("metrics", plot_metrics(headline(report.comparisons), out_dir / "metrics.png")),
             ("by_source", plot_by_source(report.by_source, primary_metric, out_dir / "by_source.png")),
             ("loss", plot_loss(trained.history, out_dir / "loss.png")),
         )
@@ -157,7 +158,7 @@ def build_sections(
     labels = model_labels(report)
     sections = [
         Section("Metrics", [metrics_table(report.metrics)]),
-        comparison_section(report.comparisons, plots.get("metrics")),
+        *comparison_sections(report.comparisons, plots.get("metrics")),
         pairwise_section(report.pairwise),
         by_source_section(report.by_source, primary_metric, plots.get("by_source")),
         training_section(trained, plots.get("loss")),
@@ -174,29 +175,40 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> Table:
     return Table(["metric", *labels], rows)
 
 
-def comparison_section(comparisons: list[Interval], plot: Path | None) -> Section | None:
-    if not comparisons:
-        return None
-    first = comparisons[0]
-    rows = [
-        [
-            c.metric,
-            fmt(c.value_b),
-            fmt(c.value_a),
-            fmt_signed(c.gain),
-            f"[{fmt_signed(c.low)}, {fmt_signed(c.high)}]",
-            verdict(c),
-        ]
-        for c in comparisons
-    ]
-    confidence = f"{first.confidence:.0%}"
-    headers = ["metric", first.b, first.a, f"{first.a} − {first.b}", f"{confidence} CI", "verdict"]
-    note = (
-        f"Paired bootstrap {confidence} confidence intervals. Gains are signed so that positive means "
-        f"{first.a} is better (for {', '.join(sorted(LOWER_IS_BETTER))} the gain is {first.b} − {first.a})."
-    )
-    blocks: list[Block] = [note, Table(headers, rows, align="lrrrrl")]
-    return Section(f"{first.a} versus {first.b}", blocks + ([Image(plot)] if plot else []))
+def comparison_sections(comparisons: list[Interval], plot: Path | None) -> list[Section]:
+    """One section per model the candidate is compared with: each metric's gain with its
+    interval over resampled questions and, where there is one, over resampled documents
+    (the gate decides on the latter: questions about one document are not independent)."""
+    sections = []
+    for other in dict.fromkeys(c.b for c in comparisons):
+        by_metric: dict[str, dict[Resampling, Interval]] = {}
+        for c in comparisons:
+            if c.b == other:
+                by_metric.setdefault(c.metric, {})[c.resampled] = c
+        first = next(iter(by_metric.values()))[Resampling.QUESTIONS]
+        confidence = f"{first.confidence:.0%}"
+        rows = []
+        for metric, intervals in by_metric.items():
+            questions, documents = intervals[Resampling.QUESTIONS], intervals.get(Resampling.DOCUMENTS)
+            rows.append([
+                metric, fmt(questions.value_b), fmt(questions.value_a), fmt_signed(questions.gain),
+                f"[{fmt_signed(questions.low)}, {fmt_signed(questions.high)}]",
+                f"[{fmt_signed(documents.low)}, {fmt_signed(documents.high)}]" if documents else "",
+                verdict(documents or questions),
+            ])
+        clusters = next((i[Resampling.DOCUMENTS].clusters for i in by_metric.values() if Resampling.DOCUMENTS in i), None)
+        headers = ["metric", first.b, first.a, f"{first.a} − {first.b}", f"{confidence} CI, questions",
+                   f"{confidence} CI, {clusters} documents" if clusters else "documents", "verdict"]
+        note = (
+            f"Paired bootstrap {confidence} confidence intervals, resampling the {first.clusters} questions, and "
+            "resampling whole documents (the verdict's). Gains are signed so that positive means "
+            f"{first.a} is better (for {', '.join(sorted(LOWER_IS_BETTER))} the gain is {first.b} − {first.a})."
+        )
+        blocks: list[Block] = [note, Table(headers, rows, align="lrrrrrl")]
+        if plot and other == ModelLabel.BASE:
+            blocks.append(Image(plot))
+        sections.append(Section(f"{first.a} versus {first.b}", blocks))
+    return sections
 
 
 def pairwise_section(pairwise: PairwiseResult | None) -> Section | None:
@@ -350,6 +362,15 @@ def save(figure: Figure, path: Path) -> Path:
     return path
 
 
+def headline(comparisons: list[Interval]) -> list[Interval]:
+    """Per metric, the candidate versus the base, over documents where resampled so."""
+    chosen: dict[str, Interval] = {}
+    for c in comparisons:
+        if c.b == ModelLabel.BASE and (c.metric not in chosen or c.resampled is Resampling.DOCUMENTS):
+            chosen[c.metric] = c
+    return list(chosen.values())
+
+
 def plot_metrics(comparisons: list[Interval], path: Path) -> Path | None:
     """One small panel per metric, since their scales (ROUGE 0-1, BLEU 0-100,
     perplexity, milliseconds) cannot share an axis."""
@@ -363,8 +384,8 @@ def plot_metrics(comparisons: list[Interval], path: Path) -> Path | None:
         low, high = candidate_interval(c)
         # The percentile interval need not contain the point estimate; clip so the bar stays drawable.
         yerr = [[max(c.value_a - low, 0.0)], [max(high - c.value_a, 0.0)]]
-        ax.bar([0], [c.value_b], color=PALETTE[0])
-        ax.bar([1], [c.value_a], color=PALETTE[1], yerr=yerr, capsize=4, ecolor="black")
+        ax.bar([0], [c.value_b], color=COLORS.get(c.b, OTHER_COLOR))
+        ax.bar([1], [c.value_a], color=COLORS.get(c.a, OTHER_COLOR), yerr=yerr, capsize=4, ecolor="black")
         ax.set_xticks([0, 1], [c.b, c.a])
         ax.set_title(
             f"{c.metric}\n{fmt_signed(c.gain)} [{fmt_signed(c.low)}, {fmt_signed(c.high)}]", fontsize=9
@@ -385,7 +406,7 @@ def plot_by_source(by_source: dict[str, dict[str, float]], primary_metric: str, 
     ax = figure.subplots()
     for i, label in enumerate(labels):
         values = [by_source[s].get(label, math.nan) for s in sources]
-        color = PALETTE[i % len(PALETTE)]
+        color = COLORS.get(label, OTHER_COLOR)
         ax.barh(
             [y + i * height for y in range(len(sources))], values, height=height, label=label, color=color
         )
@@ -419,3 +440,25 @@ def plot_loss(history: list[dict[str, float]], path: Path) -> Path | None:
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
     return save(figure, path)
+
+
+# ---- plain text, for the console ----------------------------------------------------------------
+
+
+def metrics_text(metrics: dict[str, dict[str, float]]) -> str:
+    labels = list(metrics)
+    names = list(dict.fromkeys(n for values in metrics.values() for n in values))
+    lines = [f"{'metric':<24}" + "".join(f"{label:>12}" for label in labels)]
+    lines += [
+        f"{n:<24}" + "".join(f"{metrics[label][n]:>12.4f}" if n in metrics[label] else f"{'':>12}" for label in labels)
+        for n in names
+    ]
+    return "\n".join(lines)
+
+
+def comparisons_text(report: EvalReport) -> str:
+    return "\n".join(
+        f"{c.metric:<18} {c.a} - {c.b}: {c.gain:+.4f}  {round(100 * c.confidence)}% CI [{c.low:+.4f}, {c.high:+.4f}]"
+        f" over {c.clusters} {c.resampled}"
+        for c in report.comparisons
+    )

@@ -40,8 +40,10 @@ def write_exports(data: QADataset, system_prompt: str | None, out_dir: Path) -> 
         for name, rows in files.items():
             _jsonl(out_dir / name, rows)
             written.append(out_dir / name)
+        # Earlier turns as Alpaca's `history` (LLaMA-Factory's reading): [[question, answer], ...].
         alpaca = [
-            {"instruction": p.question, "input": "", "output": p.answer, "system": system_prompt or "", **meta}
+            {"instruction": p.question, "input": "", "output": p.answer, "system": system_prompt or "",
+             "history": [[t.question, t.answer] for t in p.history], **meta}
             for p, meta in zip(pairs, provenance)
         ]
         (out_dir / f"{split}.alpaca.json").write_text(json.dumps(alpaca, ensure_ascii=False, indent=1))

@@ -12,22 +12,17 @@ import math
 import re
 import string
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
-from qaforge.records import Interval
+from qaforge.records import Interval, Resampling
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 # What a model says when it declines: the trained refusal and the usual phrasings.
-_REFUSAL = re.compile(
-    r"\b(i (do not|don't|cannot|can't) (know|answer|say|help)|(do|does) not cover|not (covered|mentioned) in"
-    r"|no information|not sure)\b",
-    re.IGNORECASE,
-)
 CORPUS = {"bleu": BLEU(), "chrf": CHRF()}
 # Metrics where lower is better; every gain below is "candidate minus other", signed so higher is better.
 LOWER_IS_BETTER = frozenset({"perplexity"})
@@ -46,10 +41,6 @@ def token_f1(prediction: str, reference: str) -> float:
         return float(predicted == expected)
     precision, recall = overlap / len(predicted), overlap / len(expected)
     return 2 * precision * recall / (precision + recall)
-
-
-def is_refusal(answer: str) -> bool:
-    return bool(_REFUSAL.search(answer))
 
 
 def contains_any(answer: str, accepted: list[str]) -> bool:
@@ -121,13 +112,25 @@ def paired_bootstrap(
     samples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    clusters: Sequence[str] | None = None,
 ) -> Interval:
-    """Resample the n questions with replacement, score both models on each resample
-    and take the percentile interval of the difference."""
+    """Resample with replacement, score both models on each resample and take the
+    percentile interval of the difference. Without `clusters` the n questions are
+    resampled; with them (one id per question, e.g. its document), whole clusters are,
+    since questions about one document are not independent of each other."""
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     everything = np.arange(n)
     rng = np.random.default_rng(seed)
-    gains = np.array([sign * (a(idx) - b(idx)) for idx in rng.integers(0, n, size=(samples, n))])
+    if clusters is None:
+        resamples = list(rng.integers(0, n, size=(samples, n)))
+    else:
+        members: dict[str, list[int]] = {}
+        for i, cluster in enumerate(clusters):
+            members.setdefault(cluster, []).append(i)
+        groups = [np.array(m) for m in members.values()]
+        resamples = [np.concatenate([groups[g] for g in picks])
+                     for picks in rng.integers(0, len(groups), size=(samples, len(groups)))]
+    gains = np.array([sign * (a(idx) - b(idx)) for idx in resamples])
     tail = (1 - confidence) / 2 * 100
     value_a, value_b = a(everything), b(everything)
     return Interval(
@@ -140,22 +143,28 @@ def paired_bootstrap(
         low=float(np.percentile(gains, tail)),
         high=float(np.percentile(gains, 100 - tail)),
         confidence=confidence,
+        resampled=Resampling.QUESTIONS if clusters is None else Resampling.DOCUMENTS,
+        clusters=n if clusters is None else len(set(clusters)),
     )
 
 
 def mean_gain(
-    metric: str, a: np.ndarray, b: np.ndarray, labels: tuple[str, str], samples: int, confidence: float
+    metric: str, a: np.ndarray, b: np.ndarray, labels: tuple[str, str], samples: int, confidence: float,
+    clusters: Sequence[str] | None = None,
 ) -> Interval:
     """`paired_bootstrap` of the means of two per-question score arrays."""
     return paired_bootstrap(
-        metric, lambda idx: float(a[idx].mean()), lambda idx: float(b[idx].mean()), len(a), labels, samples, confidence
+        metric, lambda idx: float(a[idx].mean()), lambda idx: float(b[idx].mean()), len(a), labels, samples,
+        confidence, clusters=clusters,
     )
 
 
 def compare(
-    a: Scored, b: Scored, labels: tuple[str, str], samples: int, confidence: float, seed: int = 0
+    a: Scored, b: Scored, labels: tuple[str, str], samples: int, confidence: float, seed: int = 0,
+    clusters: Sequence[str] | None = None,
 ) -> list[Interval]:
-    """Every metric both models have, as `a - b` with a confidence interval."""
+    """Every metric both models have, as `a - b` with a confidence interval over
+    resampled questions and, given each question's document, over resampled documents."""
     n = len(a.predictions)
     return [
         paired_bootstrap(
@@ -167,7 +176,9 @@ def compare(
             samples,
             confidence,
             seed,
+            groups,
         )
         for name in a.names
         if name in b.names and name != "answer_words"
+        for groups in ([None] if clusters is None else [None, clusters])
     ]

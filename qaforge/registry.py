@@ -1,0 +1,177 @@
+"""The model registry: register a trained model as an MLflow model version, the
+promotion gate (a pure decision over the evaluation report), alias moves, rollback,
+and the ZenML model stage."""
+
+from __future__ import annotations
+
+import logging
+
+from zenml.enums import ModelStages
+from zenml.model_registries.base_model_registry import ModelRegistryModelMetadata
+
+from qaforge.config import RegistryConfig
+from qaforge.evaluation import ModelRef
+from qaforge.records import (
+    EvalReport, Interval, ModelLabel, PromotionDecision, RegisteredModel, Resampling, TrainedModel,
+)
+from qaforge.tracking import StackError, model_registry, version_by_alias
+
+log = logging.getLogger(__name__)
+
+
+def register(trained: TrainedModel, cfg: RegistryConfig, run_name: str | None = None) -> RegisteredModel:
+    version = model_registry().register_model_version(
+        name=cfg.model_name,
+        model_source_uri=trained.model_uri,
+        description=f"{trained.method} fine-tune, {trained.steps} steps, train loss {trained.train_loss:.4f}",
+        metadata=ModelRegistryModelMetadata(
+            zenml_run_name=run_name, mlflow_run_id=trained.mlflow_run_id
+        ),
+    )
+    return RegisteredModel(
+        name=cfg.model_name,
+        version=str(version.version),
+        model_uri=f"models:/{cfg.model_name}/{version.version}",
+    )
+
+
+def production_model(cfg: RegistryConfig, trained: TrainedModel) -> ModelRef | None:
+    """The version now at the production alias, to be evaluated with the candidate;
+    None when there is none, or it is this very model (a rerun of the same training)."""
+    try:
+        current = version_by_alias(cfg.model_name, cfg.alias)
+    except StackError as exc:
+        log.info("no production model to compare with: %s", exc)
+        return None
+    if current is None or current.run_id == trained.mlflow_run_id:
+        return None
+    return ModelRef(f"models:/{cfg.model_name}/{current.version}", fixed=True)
+
+
+def gain(report: EvalReport, metric: str, other: ModelLabel) -> Interval | None:
+    """The candidate's gain over `other`, its interval from resampled documents (where
+    the report has one): questions about one document are not independent."""
+    found = [c for c in report.comparisons if c.metric == metric and c.b == other]
+    return next((c for c in found if c.resampled is Resampling.DOCUMENTS), found[0] if found else None)
+
+
+def general_drop(report: EvalReport) -> float | None:
+    if "general_accuracy" not in report.metrics[ModelLabel.BASE]:
+        return None
+    return (report.metrics[ModelLabel.BASE]["general_accuracy"]
+            - report.metrics[ModelLabel.CANDIDATE]["general_accuracy"])
+
+
+def registered_version(uri: str | None) -> str | None:
+    """The version in a `models:/name/version` URI."""
+    return uri.rpartition("/")[2] if uri and uri.startswith("models:/") else None
+
+
+def gate(report: EvalReport, version: str, metric: str, cfg: RegistryConfig) -> PromotionDecision:
+    """Promote only if the candidate beats the base and the production version on
+    `metric` by more than the margin (lower bound of the interval), and passes the
+    forgetting guard."""
+    versus_base = gain(report, metric, ModelLabel.BASE)
+    if versus_base is None:
+        raise ValueError(f"the evaluation report has no {metric} comparison with the base model")
+    return decide(
+        versus_base,
+        gain(report, metric, ModelLabel.PRODUCTION),
+        cfg.min_improvement,
+        version,
+        registered_version(report.models.get(ModelLabel.PRODUCTION)),
+        general_drop(report),
+        cfg.max_general_drop,
+    )
+
+
+def decide(
+    versus_base: Interval,
+    versus_production: Interval | None,
+    margin: float,
+    version: str,
+    production_version: str | None = None,
+    general_drop: float | None = None,
+    max_general_drop: float | None = None,
+) -> PromotionDecision:
+    """The gate. Each reason names the numbers it was decided on."""
+    metric, ci = versus_base.metric, f"{round(100 * versus_base.confidence)}% CI"
+    candidate, base = versus_base.value_a, versus_base.value_b
+    failures = []
+    if versus_base.low <= margin:
+        failures.append(
+            f"gain over base {versus_base.gain:+.4f} ({ci} [{versus_base.low:+.4f}, {versus_base.high:+.4f}]) "
+            f"has a lower bound not above {margin}"
+        )
+    if versus_production is not None and versus_production.low <= margin:
+        failures.append(
+            f"gain over production v{production_version} {versus_production.gain:+.4f} "
+            f"({ci} [{versus_production.low:+.4f}, {versus_production.high:+.4f}]) "
+            f"has a lower bound not above {margin}"
+        )
+    if general_drop is not None and max_general_drop is not None and general_drop > max_general_drop:
+        failures.append(f"general-QA accuracy dropped by {general_drop:.4f}, more than {max_general_drop}")
+    summary = f"{metric} {candidate:.4f} vs base {base:.4f}"
+    if versus_production is not None:
+        summary += f" and production v{production_version} {versus_production.value_b:.4f}"
+    if failures:
+        reason = f"{summary}: " + "; ".join(failures)
+    else:
+        reason = f"{summary}: gain over base {ci} [{versus_base.low:+.4f}, {versus_base.high:+.4f}]"
+        if versus_production is not None:
+            reason += f", over production [{versus_production.low:+.4f}, {versus_production.high:+.4f}]"
+        reason += f" above {margin}"
+        if general_drop is not None:
+            reason += f"; general-QA accuracy change {-general_drop:+.4f}"
+    return PromotionDecision(
+        promoted=not failures,
+        reason=reason,
+        metric=metric,
+        candidate=candidate,
+        base=base,
+        production=versus_production.value_b if versus_production else None,
+        production_version=production_version,
+        version=version,
+        versus_base=versus_base,
+        versus_production=versus_production,
+        general_drop=general_drop,
+    )
+
+
+def apply(decision: PromotionDecision, registered: RegisteredModel, cfg: RegistryConfig) -> None:
+    """Move the aliases a promotion decided on; the replaced version keeps `previous`."""
+    if not decision.promoted:
+        return
+    client = model_registry().mlflow_client
+    if decision.production_version:
+        client.set_registered_model_alias(registered.name, cfg.previous_alias, decision.production_version)
+    client.set_registered_model_alias(registered.name, cfg.alias, registered.version)
+
+
+def rollback(name: str, alias: str, previous_alias: str) -> tuple[str, str]:
+    """Swap `alias` and `previous_alias`: the previous version serves again, and the one
+    rolled back from becomes `previous` (so a second rollback undoes the first).
+    Returns (version now at alias, version now at previous_alias)."""
+    previous = version_by_alias(name, previous_alias)
+    if previous is None:
+        raise LookupError(f"model '{name}' has no version with alias @{previous_alias} to roll back to")
+    current = version_by_alias(name, alias)
+    client = model_registry().mlflow_client
+    client.set_registered_model_alias(name, alias, previous.version)
+    if current is not None:
+        client.set_registered_model_alias(name, previous_alias, current.version)
+    else:
+        client.delete_registered_model_alias(name, previous_alias)
+    return str(previous.version), str(current.version) if current else ""
+
+
+def set_zenml_stage(model: str, mlflow_version: str) -> str | None:
+    """Move the ZenML model version that registered `mlflow_version` to the production
+    stage, as promotion does; returns its name, or None if no version did."""
+    from zenml.client import Client
+
+    for version in Client().list_model_versions(model=model, size=1000):
+        if str(version.run_metadata.get("mlflow_version")) == mlflow_version:
+            version.set_stage(ModelStages.PRODUCTION, force=True)
+            return version.name
+    return None

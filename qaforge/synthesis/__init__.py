@@ -1,0 +1,104 @@
+"""Synthesis: question/answer pairs from chunks (the offline generator or a teacher
+LLM), filtered for quality and split by document."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from qaforge.config import Generator, SynthesisConfig
+from qaforge.records import Chunk, ChunkSet, QADataset, QAPair, Turn
+from qaforge.refusal import is_refusal
+from qaforge.synthesis.filters import QuestionIndex, grounding
+from qaforge.synthesis.offline import follow_ups_for_chunk, pairs_for_chunk, styled
+from qaforge.synthesis.split import split_by_document, unanswerable_pairs
+from qaforge.synthesis.teacher import teacher_pairs
+
+
+@dataclass(frozen=True)
+class Candidate:
+    chunk: Chunk
+    kind: str
+    question: str
+    answer: str
+    history: tuple[Turn, ...] = ()
+
+
+def candidate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[Candidate], dict[str, int]]:
+    """Candidate pairs from the configured generator, and its usage counts."""
+    found: list[Candidate] = []
+    if cfg.generator is Generator.TEACHER:
+        by_chunk, usage = teacher_pairs(
+            chunks.chunks, cfg.teacher, Path(cfg.cache_dir) / "teacher", cfg.answer_style.wording
+        )
+        for chunk in chunks.chunks:
+            for p in by_chunk.get(chunk.chunk_id, []):
+                found.append(Candidate(chunk, p.style, p.question, p.answer))
+                if p.follow_up_question and p.follow_up_answer:
+                    first = Turn(question=p.question, answer=p.answer)
+                    found.append(Candidate(chunk, "follow-up", p.follow_up_question, p.follow_up_answer, (first,)))
+        stats = {k: v for k, v in vars(usage).items() if isinstance(v, int)}
+        return found, {**stats, "failed_chunks": len(usage.failed_chunks)}
+    for chunk in chunks.chunks:
+        for kind, question, answer in pairs_for_chunk(chunk, cfg.max_pairs_per_chunk):
+            found.append(Candidate(chunk, kind, question, styled(answer, kind, cfg.answer_style)))
+        for question, answer, first in follow_ups_for_chunk(chunk):
+            found.append(
+                Candidate(chunk, "follow-up", question, styled(answer, "fact", cfg.answer_style), (first,))
+            )
+    return found, {}
+
+
+def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair], Counter, dict[str, int]]:
+    """Generated pairs that pass the filters; drops are counted per filter."""
+    found, stats = candidate_pairs(chunks, cfg)
+    pairs: list[QAPair] = []
+    dropped: Counter = Counter({"judge": stats["judge_rejected"]} if stats.get("judge_rejected") else {})
+    questions = QuestionIndex(cfg.max_question_similarity)
+    for candidate in found:
+        chunk, kind = candidate.chunk, candidate.kind
+        question, answer = candidate.question.strip(), candidate.answer.strip()
+        score = grounding(answer, chunk.text)
+        if not question or not answer:
+            dropped["empty"] += 1
+        elif is_refusal(answer):
+            dropped["refusal"] += 1
+        elif score < cfg.min_grounding:
+            dropped["ungrounded"] += 1
+        elif not cfg.min_answer_words <= len(answer.split()) <= cfg.max_answer_words or len(question.split()) > 40:
+            dropped["length"] += 1
+        # A follow-up is only a repeat if its whole conversation is.
+        elif questions.seen(" ".join([*(t.question for t in candidate.history), question])):
+            dropped["duplicate_question"] += 1
+        else:
+            pairs.append(
+                QAPair(
+                    history=list(candidate.history),
+                    question=question,
+                    answer=answer,
+                    chunk_id=chunk.chunk_id,
+                    doc_id=chunk.doc_id,
+                    source=chunk.source,
+                    kind=kind,
+                    grounding=round(score, 3),
+                )
+            )
+    return pairs, dropped, stats
+
+
+def synthesize(chunks: ChunkSet, cfg: SynthesisConfig) -> QADataset:
+    pairs, dropped, stats = generate_pairs(chunks, cfg)
+    train, val, test = split_by_document(pairs, cfg)
+    if cfg.unanswerable:
+        extra = split_by_document(unanswerable_pairs(cfg), cfg)
+        train, val, test = train + extra[0], val + extra[1], test + extra[2]
+    if not train or not test:
+        raise RuntimeError(
+            f"too little data to split by document: {len(pairs)} pairs from "
+            f"{len({p.doc_id for p in pairs})} documents gave train={len(train)}, test={len(test)}; "
+            "add sources or lower synthesis.min_grounding"
+        )
+    return QADataset(
+        train=train, val=val, test=test, dropped=dict(dropped), generator=cfg.generator, generator_stats=stats
+    )

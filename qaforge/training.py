@@ -1,0 +1,273 @@
+"""Training: QLoRA, LoRA or full SFT with trl, loss on the answer tokens only, val loss
+every N steps with early stopping, optional replay of general data; a LoRA adapter
+is then merged into a full-precision copy of the base model. Metrics go to the active
+MLflow run when there is one."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, EarlyStoppingCallback, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
+from qaforge.config import Method, ModelConfig, PromptConfig, ReplayConfig, TrainingConfig, config_hash
+from qaforge.general_data import ReplayExample, read_jsonl
+from qaforge.hardware import Compute, Device, Machine, Precision, Quantization, decide_training, quantization_config
+from qaforge.modeling import load_tokenizer, resolve_base_model
+from qaforge.prompting import build_messages
+from qaforge.records import QADataset, QAPair
+
+log = logging.getLogger(__name__)
+
+
+def sft_dataset(
+    pairs: list[QAPair], system_prompt: str | None, replay: list[ReplayExample] = ()
+) -> Dataset:
+    """Conversational prompt/completion rows: trl masks the prompt out of the loss."""
+    examples = [(p.question, p.answer, p.history) for p in pairs] + [(r.question, r.answer, ()) for r in replay]
+    return Dataset.from_list(
+        [
+            {
+                "prompt": build_messages(question, system_prompt, history),
+                "completion": [{"role": "assistant", "content": answer}],
+            }
+            for question, answer, history in examples
+        ]
+    )
+
+
+def replay_sample(cfg: ReplayConfig, n_train: int, seed: int) -> list[ReplayExample]:
+    """`ratio` replay examples per training pair: the shuffled pool, cycled if it runs out."""
+    pool = read_jsonl(cfg.path, ReplayExample)
+    order = random.Random(seed).sample(range(len(pool)), len(pool))
+    return [pool[order[i % len(pool)]] for i in range(max(1, round(cfg.ratio * n_train)))]
+
+
+def training_compute(cfg: TrainingConfig, machine: Machine | None = None) -> Compute:
+    return decide_training(machine or Machine.detect(), cfg.device, cfg.precision)
+
+
+def load_trainable_model(base_dir: str, method: str, compute: Compute) -> Any:
+    """fp32 master weights (bf16/fp16 come from autocast), or for QLoRA a 4-bit NF4
+    base that computes in the chosen precision."""
+    if method in (Method.LORA, Method.FULL):
+        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    # Always a fresh instance: on some CPUs a 4-bit model that ran any inference before
+    # training has its weights repacked by bitsandbytes and then gets wrong LoRA gradients.
+    return AutoModelForCausalLM.from_pretrained(
+        base_dir,
+        quantization_config=quantization_config(Quantization.NF4, compute),
+        **({"device_map": {"": 0}} if compute.device is Device.CUDA else {}),
+    )
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class MlflowStepMetrics(TrainerCallback):
+    """Per-step train loss, val loss, learning rate, grad norm, tokens/s and peak
+    memory into the active MLflow run."""
+
+    NAMES = {
+        "loss": "train/loss",
+        "learning_rate": "train/learning_rate",
+        "grad_norm": "train/grad_norm",
+        "train_tokens_per_second": "train/tokens_per_s",
+        "num_input_tokens_seen": "train/tokens_seen",
+        "eval_loss": "val/loss",
+    }
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
+        metrics = {self.NAMES[k]: float(v) for k, v in (logs or {}).items() if k in self.NAMES}
+        if metrics and mlflow.active_run():
+            mlflow.log_metrics({**metrics, "train/peak_memory_mb": peak_memory_mb()}, step=state.global_step)
+
+
+@dataclass
+class FitResult:
+    model_dir: Path  # the adapter, or the whole model for full fine-tuning
+    train_loss: float
+    steps: int
+    best_val_loss: float | None
+    history: list[dict[str, float]]
+
+
+def sft_config(cfg: TrainingConfig, output_dir: Path, evaluate: bool, compute: Compute) -> SFTConfig:
+    return SFTConfig(
+        output_dir=str(output_dir),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        # Without packing, batches of similar length waste little compute on padding.
+        train_sampling_strategy="random" if cfg.packing else "group_by_length",
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=cfg.eval_steps,
+        load_best_model_at_end=evaluate and cfg.early_stopping_patience is not None,
+        metric_for_best_model="eval_loss",
+        logging_steps=cfg.logging_steps,
+        include_num_input_tokens_seen="non_padding",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=compute.precision is Precision.BF16,
+        fp16=compute.precision is Precision.FP16,
+        use_cpu=compute.device is Device.CPU,
+        report_to="none",
+    )
+
+
+def fit(
+    train_set: Dataset,
+    val_set: Dataset | None,
+    base_dir: str,
+    cfg: TrainingConfig,
+    work_dir: Path,
+    compute: Compute | None = None,
+) -> FitResult:
+    """SFT with trl; resumes from the last checkpoint in `work_dir` if there is one."""
+    compute = compute or training_compute(cfg)
+    evaluate = cfg.eval_steps is not None and val_set is not None and len(val_set) > 0
+    args = sft_config(cfg, work_dir / "checkpoints", evaluate, compute)
+    callbacks: list[TrainerCallback] = [MlflowStepMetrics()]
+    if args.load_best_model_at_end:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=load_trainable_model(base_dir, cfg.method, compute),
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set if evaluate else None,
+        processing_class=load_tokenizer(base_dir),
+        peft_config=None
+        if cfg.method is Method.FULL
+        else LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        ),
+        callbacks=callbacks,
+    )
+    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if checkpoint:
+        log.info("resuming training from %s", checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    model_dir = work_dir / ("model" if cfg.method is Method.FULL else "adapter")
+    trainer.save_model(str(model_dir))
+    eval_losses = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+    return FitResult(
+        model_dir=model_dir,
+        train_loss=float(result.training_loss),
+        steps=int(result.global_step),
+        best_val_loss=min(eval_losses) if eval_losses else None,
+        history=[
+            {k: float(v) for k, v in e.items() if isinstance(v, (int, float))} for e in trainer.state.log_history
+        ],
+    )
+
+
+def merge_adapter(base_dir: str, adapter_dir: Path, out_dir: Path) -> Path:
+    """Fold the adapter into a full-precision base (never the 4-bit one: that would
+    bake quantization error into the served weights)."""
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    load_tokenizer(base_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+def dataset_hash(pairs: list[QAPair]) -> str:
+    """Identifies the training data, earlier turns of follow-ups included."""
+    payload = "\n".join(p.model_dump_json(include={"history", "question", "answer"}) for p in pairs)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainingPlan:
+    """What a training run will do, known before it starts."""
+
+    method: Method
+    base_dir: str
+    work_dir: Path
+    compute: Compute
+    machine: Machine
+    data_hash: str
+    replay: int
+
+
+@dataclass
+class TrainingRun:
+    plan: TrainingPlan
+    fit: FitResult
+    model_dir: Path  # the full model: merged for LoRA and QLoRA
+    adapter_dir: Path | None
+    seconds: float
+
+
+def plan_training(data: QADataset, model_cfg: ModelConfig, cfg: TrainingConfig, prompt: PromptConfig,
+                  replay: int = 0) -> TrainingPlan:
+    base_dir = resolve_base_model(model_cfg)
+    data_hash = dataset_hash(data.train)
+    # Keyed by everything that shapes the weights, so a rerun after a crash resumes
+    # its own checkpoints and never another configuration's.
+    key = hashlib.sha256(
+        f"{base_dir}|{config_hash(cfg)}|{config_hash(prompt)}|{data_hash}".encode()
+    ).hexdigest()[:16]
+    machine = Machine.detect()
+    return TrainingPlan(cfg.method, base_dir, Path(cfg.output_dir).resolve() / key, training_compute(cfg, machine),
+                        machine, data_hash, replay)
+
+
+def train(
+    data: QADataset,
+    model_cfg: ModelConfig,
+    cfg: TrainingConfig,
+    prompt: PromptConfig,
+    on_start: Callable[[TrainingPlan], None] = lambda plan: None,
+) -> TrainingRun:
+    """Fine-tune the base model on the train split (val loss on the val split) and
+    return the full model's folder; `on_start` sees the plan before training starts."""
+    start = time.perf_counter()
+    replay = replay_sample(cfg.replay, len(data.train), cfg.seed) if cfg.replay else []
+    plan = plan_training(data, model_cfg, cfg, prompt, len(replay))
+    print(f"Training {cfg.method} on {plan.compute}; {plan.machine.threads} torch threads on "
+          f"{plan.machine.cores} cores")
+    on_start(plan)
+    result = fit(
+        sft_dataset(data.train, prompt.system_prompt, replay),
+        sft_dataset(data.val, prompt.system_prompt) if data.val else None,
+        plan.base_dir,
+        cfg,
+        plan.work_dir,
+        plan.compute,
+    )
+    if cfg.method is Method.FULL:  # the trainer saved the model with its tokenizer
+        model_dir, adapter_dir = result.model_dir, None
+    else:
+        model_dir = merge_adapter(plan.base_dir, result.model_dir, plan.work_dir / "merged")
+        adapter_dir = result.model_dir
+    return TrainingRun(plan, result, model_dir, adapter_dir, time.perf_counter() - start)
