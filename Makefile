@@ -45,9 +45,9 @@ serve: install
 test: install
 	$(BIN)/python -m pytest
 
-# The inner loop: everything but training and the whole-pipeline runs.
+# The inner loop: everything but training, the whole-pipeline runs and the slowest tests.
 test-fast: install
-	$(BIN)/python -m pytest -m "not training and not e2e"
+	$(BIN)/python -m pytest -m "not training and not e2e and not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -52,7 +52,7 @@ def gain(report: EvalReport, metric: str, other: ModelLabel) -> Interval | None:
     """The candidate's gain over `other`, its interval from resampled documents (where
     the report has one): questions about one document are not independent."""
     found = [c for c in report.comparisons if c.metric == metric and c.b == other]
-    return next((c for c in found if c.resampled is Resampling.DOCUMENTS), found[0] if found else None)
+    return next((c for c in found if c.resampled == Resampling.DOCUMENTS), found[0] if found else None)
 
 
 def general_drop(report: EvalReport) -> float | None:

@@ -24,7 +24,7 @@ os.environ.update(
 
 import pytest  # noqa: E402
 
-from qaforge.config import ModelConfig, SourcesConfig, SynthesisConfig  # noqa: E402
+from qaforge.config import ModelConfig, SourcesConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -70,7 +70,10 @@ def sample_chunks(sample_corpus, tokenizer):  # noqa: ANN001, ANN201
 def sample_dataset(sample_chunks):  # noqa: ANN001, ANN201
     from qaforge.synthesis import synthesize
 
-    return synthesize(sample_chunks, SynthesisConfig())
+    from qaforge.config import load_config
+
+    # As the embedded default synthesizes it (its split suits a corpus this small).
+    return synthesize(sample_chunks, load_config(REPO / "configs" / "default.yaml").synthesis)
 
 
 @contextmanager

@@ -102,6 +102,7 @@ def test_inference_loads_and_answers_as_asked(base_model_dir, precision, quantiz
     assert "Paris" in answer.answers[0]
 
 
+@pytest.mark.slow
 def test_the_registered_model_and_the_server_take_the_same_options(base_model_dir, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """A logged model loads in the precision its loader asks for (how evaluation and the
     server override it); the server reads those options from QAFORGE_* variables."""

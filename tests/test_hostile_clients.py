@@ -262,6 +262,7 @@ def test_a_client_that_sends_its_body_slowly_gets_408(api: dict) -> None:
     assert json.loads(rest.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_errors_or_schema_violations(api: dict) -> None:
     """Generated requests, valid and invalid, for every operation of the published
     schema, with every default check (no 5xx, documented status codes, content types,

@@ -108,12 +108,12 @@ def test_report_files_plots_escaping_and_verdicts(tmp_path: Path) -> None:
     assert table_row(markdown, "rougeL") == "| rougeL | 0.3123 | 0.4568 |"
     assert table_row(markdown, "perplexity") == "| perplexity | 24.57 | 12.35 |"
     assert table_row(markdown, "latency_p50_ms") == "| latency_p50_ms | 1235 |  |"
-    # Comparison rows: base, candidate, gain, CI, verdict.
+    # Comparison rows: base, candidate, gain, CI over questions, CI over documents (none here), verdict.
     comparison = [line for line in markdown.splitlines() if "[" in line and line.startswith("| ")]
     rouge, perplexity, f1 = comparison
-    assert rouge.endswith("| +0.1444 | [+0.08000, +0.2100] | better |")
+    assert rouge.endswith("| +0.1444 | [+0.08000, +0.2100] |  | better |")
     assert perplexity.endswith("| better |")
-    assert f1.endswith("| [-0.03000, +0.05000] | no clear difference |")
+    assert f1.endswith("| [-0.03000, +0.05000] |  | no clear difference |")
     assert "worse" not in markdown
     # Pipes in answers are escaped and newlines stay inside the cell.
     assert "Item 0 is <b>&\\| a widget.<br>Second line." in markdown
@@ -163,3 +163,19 @@ def test_fmt_significant_digits() -> None:
         "0",
         "",
     ]
+
+
+def test_document_intervals_decide_the_verdict_and_colours_follow_the_model(tmp_path: Path) -> None:
+    """Both intervals side by side, the verdict from the document-level one; and the
+    per-source plot paints each model its own colour whatever order the labels come in."""
+    from qaforge.evaluation.report import COLORS, comparison_sections
+    from qaforge.records import Interval, ModelLabel
+
+    common = dict(metric="rougeL", a="candidate", b="base", value_a=0.4, value_b=0.3, gain=0.1, confidence=0.95)
+    questions = Interval(**common, low=0.05, high=0.15, clusters=60)
+    documents = Interval(**common, low=-0.02, high=0.2, resampled="documents", clusters=9)
+    [section] = comparison_sections([questions, documents], None)
+    [table] = [b for b in section.blocks if not isinstance(b, str)]
+    assert table.headers[4:] == ["95% CI, questions", "95% CI, 9 documents", "verdict"]
+    assert table.rows[0][4:] == ["[+0.05000, +0.1500]", "[-0.02000, +0.2000]", "no clear difference"]
+    assert COLORS[ModelLabel.CANDIDATE] != COLORS[ModelLabel.BASE] != COLORS[ModelLabel.PRODUCTION]

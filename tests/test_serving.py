@@ -226,6 +226,7 @@ def test_a_request_whose_client_left_stops_and_the_others_finish(base_model_dir:
     assert left == [True], "the engine noticed the client that left, once"
 
 
+@pytest.mark.slow
 def test_sighup_reloads_the_keys_file(base_model_dir: str, tmp_path: Path) -> None:
     """For keys files whose change the modification time does not show (a restored
     backup, a copy that keeps times): SIGHUP makes the server re-read it at once.
@@ -279,6 +280,7 @@ print(generate_answers(loaded.model, loaded.tokenizer, [[{{"role": "user", "cont
 """
 
 
+@pytest.mark.slow
 def test_serving_needs_nothing_from_the_pipeline_extra(base_model_dir: str) -> None:
     """docker/Dockerfile.serve installs qaforge without the `pipeline` extra."""
     script = SERVE_ONLY.format(blocked=PIPELINE_ONLY, model=base_model_dir)

@@ -127,7 +127,9 @@ def test_judge_drops_unfaithful_pairs(tmp_path: Path) -> None:
         judge = teacher_config(url).model_copy(
             update={"judge_prompt": "JUDGE the pair against the text.\n{chunk}\nQ: {question}\nA: {answer}"}
         )
-        cfg = SynthesisConfig(generator="teacher", teacher=judge, cache_dir=tmp_path, split={"train": 0.6, "val": 0.0, "test": 0.4})
+        # Seed 1 hashes doc0 into test and doc1 and doc2 into train.
+        cfg = SynthesisConfig(generator="teacher", teacher=judge, cache_dir=tmp_path, seed=1,
+                              split={"train": 0.6, "val": 0.0, "test": 0.4})
         data = synthesize(chunks, cfg)
     assert teacher.hits["judge"] == 3
     assert data.dropped == {"judge": 1}

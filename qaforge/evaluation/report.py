@@ -366,7 +366,7 @@ def headline(comparisons: list[Interval]) -> list[Interval]:
     """Per metric, the candidate versus the base, over documents where resampled so."""
     chosen: dict[str, Interval] = {}
     for c in comparisons:
-        if c.b == ModelLabel.BASE and (c.metric not in chosen or c.resampled is Resampling.DOCUMENTS):
+        if c.b == ModelLabel.BASE and (c.metric not in chosen or c.resampled == Resampling.DOCUMENTS):
             chosen[c.metric] = c
     return list(chosen.values())
 

@@ -162,6 +162,10 @@ def sitemap_urls(start_url: str, timeout: float) -> tuple[list[str], list[Ingest
                     reason=f"sitemap is not XML ({response.headers.get('content-type', 'no content type')}): {exc}",
                 ))
                 continue
+            if tree.tag.rpartition("}")[2] not in ("urlset", "sitemapindex"):
+                failures.append(IngestFailure(source=url, kind="content_type", status=200,
+                                              reason=f"sitemap is <{tree.tag.rpartition('}')[2]}>, not a sitemap"))
+                continue
             namespace = tree.tag.partition("}")[0] + "}" if tree.tag.startswith("{") else ""
             locs = [e.text.strip() for e in tree.iter(f"{namespace}loc") if e.text]
             if tree.tag.endswith("sitemapindex"):
