@@ -46,7 +46,7 @@ def main() -> None:
             start = time.perf_counter()
             run = train(data, config.model, cfg.model_copy(update={"output_dir": Path(tmp)}), config.prompt)
             minutes = (time.perf_counter() - start) / 60
-            models = {ModelLabel.CANDIDATE: ModelRef(str(run.model_dir)), ModelLabel.BASE: ModelRef(base_dir, fixed=True)}
+            models = {ModelLabel.CANDIDATE: ModelRef(str(run.model_dir)), ModelLabel.BASE: ModelRef(base_dir, identity=base_dir)}
             report = evaluate(models, test_pairs(data, evaluation), config.prompt, evaluation, evaluation.cache_dir)
         print(metrics_text(report.metrics), flush=True)
         gain = next(c for c in report.comparisons if c.metric == metric)

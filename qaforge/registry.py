@@ -45,7 +45,8 @@ def production_model(cfg: RegistryConfig, trained: TrainedModel) -> ModelRef | N
         return None
     if current is None or current.run_id == trained.mlflow_run_id:
         return None
-    return ModelRef(f"models:/{cfg.model_name}/{current.version}", fixed=True)
+    # Registered from its training run's logged model, whose answers may be cached.
+    return ModelRef(f"models:/{cfg.model_name}/{current.version}", identity=current.source)
 
 
 def gain(report: EvalReport, metric: str, other: ModelLabel) -> Interval | None:

@@ -49,8 +49,9 @@ def evaluate_step(
     compute = decide(Machine.detect(), evaluation.device, evaluation.precision)
     mlflow.log_params({"evaluation.compute": str(compute), "evaluation.quantization": evaluation.quantization.value})
     models = {
-        ModelLabel.CANDIDATE: ModelRef(trained.model_uri),
-        ModelLabel.BASE: ModelRef(resolve_base_model(model), fixed=True),
+        # A logged model never changes: once it is production, its answers are reused.
+        ModelLabel.CANDIDATE: ModelRef(trained.model_uri, identity=trained.model_uri),
+        ModelLabel.BASE: ModelRef(base := resolve_base_model(model), identity=base),
     }
     if (production := production_model(registry, trained)) is not None:
         models[ModelLabel.PRODUCTION] = production

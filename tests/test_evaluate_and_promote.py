@@ -208,7 +208,8 @@ def test_the_gate_decides_on_documents_and_on_production_from_the_same_report() 
 @pytest.mark.slow
 def test_evaluation_scores_a_logged_model_by_uri_and_reuses_fixed_models_answers(base_model_dir, tmp_path) -> None:  # noqa: ANN001
     """The candidate exists only as an MLflow model (as the train step leaves it); the
-    base is fixed, so its answers come from the cache the second time."""
+    base has an identity (weights that never change), so its answers come from the
+    cache the second time."""
     import mlflow
 
     from qaforge.mlflow_model import log_qa_model
@@ -236,7 +237,7 @@ def run_evaluations(uri: str, base_model_dir: str, tmp_path) -> None:  # noqa: A
     ]
     cfg = EvaluationConfig(max_new_tokens=6, latency_samples=0, general_qa=None, bootstrap_samples=100,
                            precision="fp32")
-    models = {ModelLabel.CANDIDATE: ModelRef(uri), ModelLabel.BASE: ModelRef(base_model_dir, fixed=True)}
+    models = {ModelLabel.CANDIDATE: ModelRef(uri), ModelLabel.BASE: ModelRef(base_model_dir, identity=base_model_dir)}
     first = evaluate(models, pairs, PromptConfig(system_prompt="Be brief."), cfg, tmp_path / "answers")
     assert first.reused == [] and first.models["candidate"] == uri
     assert [r.answers["candidate"] for r in first.rows] == [r.answers["base"] for r in first.rows], (
@@ -244,7 +245,7 @@ def run_evaluations(uri: str, base_model_dir: str, tmp_path) -> None:  # noqa: A
     )
     assert {(c.b, c.resampled) for c in first.comparisons} == {("base", "questions"), ("base", "documents")}
     again = evaluate(models, pairs, PromptConfig(system_prompt="Be brief."), cfg, tmp_path / "answers")
-    assert again.reused == ["base"], "the candidate is never cached"
+    assert again.reused == ["base"], "a model without an identity is never cached"
     assert again.rows == first.rows and again.metrics["base"] == first.metrics["base"]
     other = cfg.model_copy(update={"max_new_tokens": 7})
     assert evaluate(models, pairs, PromptConfig(system_prompt="Be brief."), other, tmp_path / "answers").reused == []

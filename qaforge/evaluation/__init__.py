@@ -40,11 +40,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ModelRef:
     """A model to evaluate: a local model folder or an MLflow model URI (`runs:/...`,
-    `models:/name/version`). `fixed` says the weights behind it never change (the base
-    model, a registered version), so its answers may be reused from the cache."""
+    `models:/name/version`). `identity` names weights that never change (the base
+    model, a logged model), so that their answers can be reused from the cache: a
+    registered version has the identity it had as a candidate, so production is not
+    asked again what it already answered."""
 
     location: str
-    fixed: bool = False
+    identity: str | None = None
 
 
 class ModelAnswers(BaseModel):
@@ -102,7 +104,7 @@ def cache_key(ref: ModelRef, pairs: list[QAPair], general: list[GeneralQuestion]
         "max_new_tokens", "general_max_new_tokens", "latency_samples", "device", "precision", "quantization",
     })
     payload = json.dumps({
-        "model": ref.location, "settings": settings, "conversations": as_served(pairs, prompt),
+        "model": ref.identity, "settings": settings, "conversations": as_served(pairs, prompt),
         "references": [p.answer for p in pairs], "general": [q.question for q in general],
     }, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
@@ -110,9 +112,9 @@ def cache_key(ref: ModelRef, pairs: list[QAPair], general: list[GeneralQuestion]
 
 def answers_of(ref: ModelRef, pairs: list[QAPair], general: list[GeneralQuestion], prompt: PromptConfig,
                cfg: EvaluationConfig, cache_dir: Path | None) -> tuple[ModelAnswers, bool]:
-    """The model's answers, from the cache when it is fixed and has answered these
-    questions with these settings before; True when they came from the cache."""
-    cached = cache_dir / f"{cache_key(ref, pairs, general, prompt, cfg)}.json" if cache_dir and ref.fixed else None
+    """The model's answers, from the cache when its weights are known never to change
+    and it answered these questions with these settings before; True when they did."""
+    cached = cache_dir / f"{cache_key(ref, pairs, general, prompt, cfg)}.json" if cache_dir and ref.identity else None
     if cached is not None and cached.exists():
         try:
             return ModelAnswers.model_validate_json(cached.read_text()), True
