@@ -50,10 +50,12 @@ def production_model(cfg: RegistryConfig, trained: TrainedModel) -> ModelRef | N
 
 
 def gain(report: EvalReport, metric: str, other: ModelLabel) -> Interval | None:
-    """The candidate's gain over `other`, its interval from resampled documents (where
-    the report has one): questions about one document are not independent."""
+    """The candidate's gain over `other` with the more cautious of its intervals (the
+    lower lower bound). Resampling documents is the honest one, as questions about one
+    document are not independent; but over very few test documents it is too narrow
+    (over one, it has no width at all), and then the question-level one is wider."""
     found = [c for c in report.comparisons if c.metric == metric and c.b == other]
-    return next((c for c in found if c.resampled == Resampling.DOCUMENTS), found[0] if found else None)
+    return min(found, key=lambda c: (c.low, c.resampled != Resampling.DOCUMENTS), default=None)
 
 
 def general_drop(report: EvalReport) -> float | None:

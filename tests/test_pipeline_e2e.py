@@ -67,7 +67,7 @@ def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
     version = client.get_model_version_by_alias("qaforge-smoke", "production")
     run = client.get_run(version.run_id)
     assert run.data.metrics["eval/candidate/rougeL"] > run.data.metrics["eval/base/rougeL"]
-    assert run.data.params["training.method"] == "qlora"
+    assert run.data.params["training.method"] == "full"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2, "per-step loss logged"
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) >= 1, "val loss logged"
     metrics = run.data.metrics
@@ -75,9 +75,10 @@ def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
     assert any(name.startswith("system/cpu") for name in metrics), "system metrics logged"
     decision = json.loads(Path(client.download_artifacts(run.info.run_id, "promotion/decision.json")).read_text())
     assert decision["promoted"] and decision["version"] == "1", decision["reason"]
-    assert decision["versus_base"]["resampled"] == "documents" and decision["versus_base"]["low"] > 0
+    # The gate takes the more cautious of the question- and document-level intervals.
+    lows = [metrics["eval/gain_over_base/rougeL_low"], metrics["eval/gain_over_base/rougeL_by_document_low"]]
+    assert decision["versus_base"]["low"] == min(lows) > 0
     assert decision["versus_production"] is None, "nothing was in production before"
-    assert metrics["eval/gain_over_base/rougeL_by_document_low"] == decision["versus_base"]["low"]
     for name in ("perplexity", "latency_p95_ms", "general_accuracy"):
         assert metrics[f"eval/candidate/{name}"] > 0 and metrics[f"eval/base/{name}"] > 0
     assert {"eval/answers.json", "eval/general.json", "eval/report.json"} <= {
@@ -86,7 +87,7 @@ def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
     assert {"report/report.html", "report/report.md", "report/metrics.png", "report/loss.png"} <= {
         a.path for a in client.list_artifacts(run.info.run_id, "report")
     }
-    assert client.list_artifacts(run.info.run_id, "adapter"), "adapter logged"
+    assert not client.list_artifacts(run.info.run_id, "adapter"), "full fine-tuning has no adapter"
     assert "ingest/report.json" in {a.path for a in client.list_artifacts(run.info.run_id, "ingest")}
     assert run.data.metrics["ingest/changes/added"] == run.data.metrics["ingest/documents"] > 0
     assert run.data.tags["promotion.promoted"] == "True"
@@ -217,7 +218,7 @@ def test_retrained_candidate_is_gated_against_production(project: Path, first_ru
         run = client.get_run(latest.run_id)
         decision = json.loads(Path(client.download_artifacts(run.info.run_id, "promotion/decision.json")).read_text())
         report = json.loads(Path(client.download_artifacts(run.info.run_id, "eval/report.json")).read_text())
-        assert decision["version"] == latest.version != "1" and decision["production_version"] == "1"
+        assert decision["version"] == str(latest.version) != "1" and decision["production_version"] == "1"
         assert report["models"]["production"] == "models:/qaforge-smoke/1"
         assert report["reused"] == ["base", "production"], "only the new candidate was asked"
         first = client.get_run(client.get_model_version("qaforge-smoke", "1").run_id)
