@@ -15,7 +15,7 @@ from pathlib import Path
 import bitsandbytes as bnb
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -23,7 +23,7 @@ from qaforge.config import GENERAL_DATA, ReplayConfig, TrainingConfig
 from qaforge.general_data import GeneralQuestion, ReplayExample, read_jsonl
 from qaforge.records import QAPair
 from qaforge.hardware import Precision
-from qaforge.training import fit, load_trainable_model, replay_sample, sft_dataset, training_compute
+from qaforge.training import fit, load_trainable_model, merge_adapter, replay_sample, sft_dataset, training_compute
 
 from conftest import REPO
 
@@ -63,6 +63,17 @@ def test_each_method_lowers_train_and_val_loss(base_model_dir, tmp_path, method)
     assert val[-1] < val[0] and result.best_val_loss == min(val)
     saved = {p.name for p in result.model_dir.iterdir()}
     assert ("model.safetensors" if method == "full" else "adapter_model.safetensors") in saved
+    if method != "full":
+        # The served model: the adapter folded into a full-precision base computes what
+        # base plus adapter compute.
+        merged_dir = merge_adapter(base_model_dir, result.model_dir, tmp_path / "merged")
+        ids = torch.tensor([[1, 504, 2153, 314, 253, 12789, 47]])
+        base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+        with torch.no_grad():
+            expected = PeftModel.from_pretrained(base, result.model_dir)(input_ids=ids).logits
+            merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)(input_ids=ids).logits
+        assert torch.allclose(merged, expected, atol=1e-3)
+        assert (merged_dir / "tokenizer.json").exists(), "the merged model carries its tokenizer"
 
 
 @pytest.mark.training
