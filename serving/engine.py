@@ -15,7 +15,6 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,11 @@ class Sampling:
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
+
+    @property
+    def hold(self) -> int:
+        """Characters at the end of the text that could still be the start of a stop sequence."""
+        return max((len(s) for s in self.stop), default=1) - 1
 
 
 @dataclass
@@ -106,6 +110,7 @@ class _Batch:
 
     def __init__(self, model: LoadedModel, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
         self.model, self.rows, self.cache, self.mask = model, rows, cache, mask
+        self.eos = _eos_ids(model)
 
     def extend(self, other: _Batch) -> None:
         width = max(self.mask.shape[1], other.mask.shape[1])
@@ -157,7 +162,6 @@ class Engine:
         self.on_batch = on_batch
         self.on_cancel = on_cancel
         self._jobs: queue.Queue[Job | None] = queue.Queue()
-        self._waiting: deque[Job] = deque()
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="qaforge-generate", daemon=True)
         self._thread.start()
@@ -195,8 +199,6 @@ class Engine:
 
     def _take(self, block: bool, timeout: float | None = None) -> Job | None:
         """The next waiting job, or None (none came, or closing)."""
-        if self._waiting:
-            return self._waiting.popleft()
         if self._closing:
             return None
         try:
@@ -320,17 +322,15 @@ class Engine:
             if not row.sampling.greedy:
                 chosen[i] = _sample(logits[i], row.sampling, row.generator)
         tokenizer = batch.model.tokenizer
-        eos = _eos_ids(batch.model)
         for row, token in zip(batch.rows, chosen):
-            if token in eos:
+            if token in batch.eos:
                 row.finish = "stop"
                 continue
             row.tokens.append(token)
             checked = len(row.text)
             row.text = tokenizer.decode(row.tokens, skip_special_tokens=True)
             if row.sampling.stop:
-                longest = max(len(s) for s in row.sampling.stop)
-                row.text, stopped = cut_at_stop(row.text, row.sampling.stop, max(0, checked - longest + 1))
+                row.text, stopped = cut_at_stop(row.text, row.sampling.stop, max(0, checked - row.sampling.hold))
                 if stopped:
                     row.finish = "stop"
             if row.finish is None and len(row.tokens) >= row.sampling.max_new_tokens:
@@ -345,9 +345,7 @@ class Engine:
         if row.finish is not None:
             ready = len(row.text)
         else:
-            ready = len(row.text.rstrip("\ufffd"))
-            if row.sampling.stop:
-                ready = min(ready, len(row.text) - max(len(s) for s in row.sampling.stop) + 1)
+            ready = min(len(row.text.rstrip("\ufffd")), len(row.text) - row.sampling.hold)
         if ready > row.sent:
             row.job.deliver(row.text[row.sent:ready])
             row.sent = ready

@@ -13,7 +13,7 @@ from qaforge.evaluation import ModelRef, evaluate, test_pairs
 from qaforge.evaluation.report import comparisons_text, metrics_text, write_report
 from qaforge.hardware import Machine, decide
 from qaforge.modeling import resolve_base_model
-from qaforge.records import EvalReport, ModelLabel, QADataset, TrainedModel
+from qaforge.records import EvalReport, ModelLabel, QADataset, Resampling, TrainedModel
 from qaforge.registry import production_model
 
 
@@ -21,7 +21,7 @@ def log_report(report: EvalReport, report_dir: Path) -> None:
     for label, values in report.metrics.items():
         mlflow.log_metrics({f"eval/{label}/{name}": value for name, value in values.items()})
     for c in report.comparisons:
-        prefix = f"eval/gain_over_{c.b}/{c.metric}" + ("_by_document" if c.resampled == "documents" else "")
+        prefix = f"eval/gain_over_{c.b}/{c.metric}" + ("_by_document" if c.resampled == Resampling.DOCUMENTS else "")
         mlflow.log_metrics({prefix: c.gain, f"{prefix}_low": c.low, f"{prefix}_high": c.high})
     for name, rows in (("answers", report.rows), ("general", report.general)):
         if rows:
