@@ -48,6 +48,16 @@ def test_rules_make_grounded_questions() -> None:
     assert all(grounding(a, chunk.text) == 1.0 for _, a in pairs.values())
 
 
+def test_empty_headings_fall_back_to_the_title() -> None:
+    """Reference docs (npm's command pages) convert with empty headings: the generator
+    used to crash on them, and would have asked about an empty topic."""
+    text = "You should run npm audit before a release.\n1. Install the package.\n2. Run the tests."
+    pairs = pairs_for_chunk(_chunk(text, headings=["", " "]), limit=10)
+    assert ("procedure", "What are the steps for guide?", "1. Install the package. 2. Run the tests.") in pairs
+    assert not any(kind == "section" for kind, _, _ in pairs), "no heading, no section question"
+    assert all(q.strip() and "  " not in q and " ?" not in q for _, q, _ in pairs)
+
+
 def test_numbered_steps_make_a_procedure_question() -> None:
     chunk = _chunk("1. Find the battery capacity.\n2. Multiply by the change in charge.\n3. Divide by the power.", ["Charging time"])
     assert ("procedure", "What are the steps for charging time?",

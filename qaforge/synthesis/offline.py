@@ -176,7 +176,9 @@ def _table_cells(text: str) -> Iterator[tuple[str, str]]:
 
 def pairs_for_chunk(chunk: Chunk, limit: int) -> list[tuple[str, str, str]]:
     """Candidate (kind, question, answer) triples for one chunk, most specific first."""
-    topic = chunk.headings[-1] if chunk.headings else chunk.title
+    # Converted documents can carry empty headings (e.g. a Markdown heading that is only markup).
+    heading = next((h.strip() for h in reversed(chunk.headings) if h.strip()), "")
+    topic = heading or chunk.title.strip()
     found = [("table", q, a) for q, a in _table_cells(chunk.text)]
     for sentence in sentences(chunk.text):
         if "=" in sentence or not 5 <= len(sentence.split()) <= 60:
@@ -184,16 +186,16 @@ def pairs_for_chunk(chunk: Chunk, limit: int) -> list[tuple[str, str, str]]:
         for kind, rule in (
             ("definition", _definition),
             ("fact", _fact),
-            ("advice", lambda s: _advice(s, topic)),
+            *([("advice", lambda s: _advice(s, topic))] if topic else []),
         ):
             if pair := rule(sentence):
                 found.append((kind, *pair))
                 break
     steps = [ln.strip() for ln in chunk.text.splitlines() if _STEP.match(ln.strip())]
-    if len(steps) >= 2:
+    if len(steps) >= 2 and topic:
         found.append(("procedure", f"What are the steps for {_lower_first(topic)}?", " ".join(steps)))
     opening = " ".join(sentences(chunk.text)[:2])
-    if chunk.headings and 8 <= len(opening.split()) <= 80:
+    if heading and 8 <= len(opening.split()) <= 80:
         found.append(("section", f"What does the {chunk.title} material say about {topic}?", opening))
     return found[:limit]
 
