@@ -1,5 +1,5 @@
-"""The embedded default's data for benchmarks: configs/default.yaml's sources,
-ingested, chunked and turned into QA pairs, outside ZenML."""
+"""The embedded default's data for benchmarks: configs/default.yaml's (or another run
+config's) sources, ingested, chunked and turned into QA pairs, outside ZenML."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from qaforge.synthesis import synthesize
 REPO = Path(__file__).resolve().parents[1]
 
 
-def default_config() -> QAForgeConfig:
-    """configs/default.yaml with its relative paths taken from the repository root."""
-    cfg = load_config(REPO / "configs" / "default.yaml")
+def default_config(path: Path = REPO / "configs" / "default.yaml") -> QAForgeConfig:
+    """A run config (configs/default.yaml unless given) with its relative paths taken
+    from the repository root."""
+    cfg = load_config(path)
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"cache_dir": REPO / cfg.model.cache_dir})})
 
 

@@ -1,41 +1,67 @@
-"""Offline QA generation on the sample corpus: pairs per second, and the share of
-candidate pairs each filter keeps.
+"""Offline QA generation on the sample corpus and on the FAQ corpus: pairs per second,
+the share of candidate questions each filter keeps, and the share of malformed ones
+(a verb or pronoun as subject, doubled punctuation, a question inside a question).
 
-    python bench/synthesis.py [--repeat 5]
+    python bench/synthesis.py [--repeat 5] [--configs configs/default.yaml configs/faq.yaml]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-from common import default_chunks, default_config
+from common import REPO, default_chunks, default_config
 
 from qaforge.synthesis import candidate_pairs, synthesize
+from qaforge.synthesis.filters import malformed
+
+FILTERS = ("empty", "malformed", "refusal", "ungrounded", "length", "duplicate_question")
+
+
+def report(path: Path, repeat: int) -> None:
+    config = default_config(path)
+    chunks = default_chunks(config)
+    cfg = config.synthesis
+    start = time.perf_counter()
+    for _ in range(repeat):
+        data = synthesize(chunks, cfg)
+    seconds = (time.perf_counter() - start) / repeat
+    found = candidate_pairs(chunks, cfg)[0]
+    questions = [(c.question, bool(c.history)) for c in found] + [(q, False) for c in found for q in c.rephrasings]
+    bad = [(q, why) for q, follow_up in questions if not follow_up and (why := malformed(q))]
+    kept = len(data.train) + len(data.val) + len(data.test) + len(data.paraphrase)
+    documents = len({c.doc_id for c in chunks.chunks})
+    print(f"\n== {path.relative_to(REPO)}: {documents} documents, {len(chunks.chunks)} chunks, "
+          f"{len(found)} candidate pairs, {len(questions)} questions with rephrasings")
+    print(f"malformed questions written: {len(bad)} of {len(questions)} ({len(bad) / len(questions):.1%}), "
+          "all dropped")
+    for question, why in bad[:5]:
+        print(f"  {why}: {question}")
+    print(f"{'stage':<22}{'pairs':>7}{'share':>8}   (first phrasings)")
+    remaining = len(found)
+    for name in FILTERS:
+        remaining -= data.dropped.get(name, 0) if name != "malformed" else sum(
+            1 for c in found if not c.history and malformed(c.question))
+        print(f"after {name:<16}{remaining:>7}{remaining / len(found):>8.1%}")
+    kinds: dict[str, int] = {}
+    for p in data.train + data.val + data.test:
+        kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    print(f"kept{kept:>25}  train/val/test/paraphrase {len(data.train)}/{len(data.val)}/{len(data.test)}/"
+          f"{len(data.paraphrase)}; by rule: {dict(sorted(kinds.items()))}")
+    for p in data.test[:6]:
+        print(f"  test question: {p.question}")
+    print(f"offline generator: {kept / seconds:,.0f} kept pairs/s ({seconds * 1000:.1f} ms per corpus)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--configs", nargs="+", type=Path,
+                        default=[REPO / "configs" / "default.yaml", REPO / "configs" / "faq.yaml"])
     args = parser.parse_args()
-    config = default_config()
-    chunks = default_chunks(config)
-    cfg = config.synthesis
-    start = time.perf_counter()
-    for _ in range(args.repeat):
-        data = synthesize(chunks, cfg)
-    seconds = (time.perf_counter() - start) / args.repeat
-    candidates = len(candidate_pairs(chunks, cfg)[0])
-    kept = len(data.train) + len(data.val) + len(data.test)
-    documents = len({c.doc_id for c in chunks.chunks})
-    print(f"{documents} documents, {len(chunks.chunks)} chunks, {candidates} candidate pairs")
-    print(f"{'stage':<22}{'pairs':>7}{'share':>8}")
-    remaining = candidates
-    for name in ("empty", "refusal", "ungrounded", "length", "duplicate_question"):
-        remaining -= data.dropped.get(name, 0)
-        print(f"after {name:<16}{remaining:>7}{remaining / candidates:>8.1%}")
-    print(f"kept{kept:>25}  train/val/test {len(data.train)}/{len(data.val)}/{len(data.test)}")
-    print(f"offline generator: {kept / seconds:,.0f} kept pairs/s ({seconds * 1000:.1f} ms per corpus)")
+    for path in args.configs:
+        report(path.resolve(), args.repeat)
 
 
 if __name__ == "__main__":

@@ -123,12 +123,17 @@ class QAPair(BaseModel):
     source: str
     kind: str = Field(description="Which generator rule produced it, e.g. 'definition'.")
     grounding: float = Field(description="Share of answer tokens found in the chunk.")
+    phrasing: int = Field(default=0, description="0 for a question as first written; 1, 2, ... for rephrasings.")
 
 
 class QADataset(BaseModel):
     train: list[QAPair]
     val: list[QAPair]
     test: list[QAPair]
+    paraphrase: list[QAPair] = Field(
+        default_factory=list,
+        description="One held-out phrasing of some training questions: recall of trained facts in new words.",
+    )
     dropped: dict[str, int] = Field(default_factory=dict, description="Filter name -> pairs dropped.")
     generator: str = "offline"
     generator_stats: dict[str, int] = Field(

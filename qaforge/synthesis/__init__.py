@@ -10,7 +10,7 @@ from pathlib import Path
 from qaforge.config import Generator, SynthesisConfig
 from qaforge.records import Chunk, ChunkSet, QADataset, QAPair, Turn
 from qaforge.refusal import is_refusal
-from qaforge.synthesis.filters import QuestionIndex, grounding
+from qaforge.synthesis.filters import QuestionIndex, grounding, malformed
 from qaforge.synthesis.offline import follow_ups_for_chunk, pairs_for_chunk, styled
 from qaforge.synthesis.split import split_by_document, unanswerable_pairs
 from qaforge.synthesis.teacher import teacher_pairs
@@ -23,6 +23,7 @@ class Candidate:
     question: str
     answer: str
     history: tuple[Turn, ...] = ()
+    rephrasings: tuple[str, ...] = ()  # the same question in other words
 
 
 def candidate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[Candidate], dict[str, int]]:
@@ -41,8 +42,9 @@ def candidate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[Candid
         stats = {k: v for k, v in vars(usage).items() if isinstance(v, int)}
         return found, {**stats, "failed_chunks": len(usage.failed_chunks)}
     for chunk in chunks.chunks:
-        for kind, question, answer in pairs_for_chunk(chunk, cfg.max_pairs_per_chunk):
-            found.append(Candidate(chunk, kind, question, styled(answer, kind, cfg.answer_style)))
+        for kind, (question, *rephrasings), answer in pairs_for_chunk(chunk, cfg.max_pairs_per_chunk):
+            found.append(Candidate(chunk, kind, question, styled(answer, kind, cfg.answer_style), (),
+                                   tuple(rephrasings)))
         for question, answer, first in follow_ups_for_chunk(chunk):
             found.append(
                 Candidate(chunk, "follow-up", question, styled(answer, "fact", cfg.answer_style), (first,))
@@ -51,7 +53,8 @@ def candidate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[Candid
 
 
 def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair], Counter, dict[str, int]]:
-    """Generated pairs that pass the filters; drops are counted per filter."""
+    """Generated pairs that pass the filters, each question followed by its rephrasings
+    (numbered by `phrasing`); drops are counted per filter."""
     found, stats = candidate_pairs(chunks, cfg)
     pairs: list[QAPair] = []
     dropped: Counter = Counter({"judge": stats["judge_rejected"]} if stats.get("judge_rejected") else {})
@@ -62,6 +65,9 @@ def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair]
         score = grounding(answer, chunk.text)
         if not question or not answer:
             dropped["empty"] += 1
+        # A follow-up may say "it"; a heading that is a question was written by a person.
+        elif not candidate.history and kind != "faq" and malformed(question):
+            dropped["malformed"] += 1
         elif is_refusal(answer):
             dropped["refusal"] += 1
         elif score < cfg.min_grounding:
@@ -72,24 +78,50 @@ def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair]
         elif questions.seen(" ".join([*(t.question for t in candidate.history), question])):
             dropped["duplicate_question"] += 1
         else:
-            pairs.append(
+            # Rephrasings share the answer; only the first phrasing is checked for repeats.
+            phrasings = [question] + [q for q in candidate.rephrasings if not malformed(q)]
+            if len(phrasings) <= len(candidate.rephrasings):
+                dropped["malformed"] += len(candidate.rephrasings) + 1 - len(phrasings)
+            pairs += [
                 QAPair(
                     history=list(candidate.history),
-                    question=question,
+                    question=q,
                     answer=answer,
                     chunk_id=chunk.chunk_id,
                     doc_id=chunk.doc_id,
                     source=chunk.source,
                     kind=kind,
                     grounding=round(score, 3),
+                    phrasing=i,
                 )
-            )
+                for i, q in enumerate(phrasings)
+            ]
     return pairs, dropped, stats
+
+
+def _phrasing_group(pair: QAPair) -> tuple[str, str, str]:
+    return pair.chunk_id, pair.answer, pair.history[-1].question if pair.history else ""
+
+
+def hold_out_phrasings(train: list[QAPair], val: list[QAPair], test: list[QAPair]) -> tuple[list[QAPair], ...]:
+    """(train, val, test, paraphrase): each training question with rephrasings gives
+    its last one to the paraphrase set, which tests whether the model learned the fact
+    rather than the sentence; val and test keep only first phrasings."""
+    last: dict[tuple[str, str, str], int] = {}
+    for p in train:
+        last[_phrasing_group(p)] = max(last.get(_phrasing_group(p), 0), p.phrasing)
+    held = [bool(p.phrasing) and p.phrasing == last[_phrasing_group(p)] for p in train]
+    return (
+        [p for p, h in zip(train, held) if not h],
+        [p for p in val if p.phrasing == 0],
+        [p for p in test if p.phrasing == 0],
+        [p for p, h in zip(train, held) if h],
+    )
 
 
 def synthesize(chunks: ChunkSet, cfg: SynthesisConfig) -> QADataset:
     pairs, dropped, stats = generate_pairs(chunks, cfg)
-    train, val, test = split_by_document(pairs, cfg)
+    train, val, test, paraphrase = hold_out_phrasings(*split_by_document(pairs, cfg))
     if cfg.unanswerable:
         extra = split_by_document(unanswerable_pairs(cfg), cfg)
         train, val, test = train + extra[0], val + extra[1], test + extra[2]
@@ -100,5 +132,6 @@ def synthesize(chunks: ChunkSet, cfg: SynthesisConfig) -> QADataset:
             "add sources or lower synthesis.min_grounding"
         )
     return QADataset(
-        train=train, val=val, test=test, dropped=dict(dropped), generator=cfg.generator, generator_stats=stats
+        train=train, val=val, test=test, paraphrase=paraphrase, dropped=dict(dropped), generator=cfg.generator,
+        generator_stats=stats,
     )

@@ -61,8 +61,9 @@ def dataset_card(data: QADataset, examples: int = 3) -> str:
         "| split | pairs | documents | sources |",
         "|---|---|---|---|",
     ]
-    for name, pairs in splits.items():
+    for name, pairs in {**splits, "paraphrase": data.paraphrase}.items():
         lines.append(f"| {name} | {len(pairs)} | {len({p.doc_id for p in pairs})} | {len({p.source for p in pairs})} |")
+    lines += ["", "paraphrase: the held-out phrasing of training questions that have rephrasings (evaluation only)."]
     kinds = Counter(p.kind for pairs in splits.values() for p in pairs)
     lines += ["", "## Question kinds", "", *(f"- {k}: {n}" for k, n in kinds.most_common())]
     lines += ["", "## Dropped by filter", "", *(f"- {k}: {n}" for k, n in sorted(data.dropped.items()))]

@@ -1,7 +1,9 @@
-"""The quality filters generated pairs must pass: grounding in their chunk, and not
-repeating an earlier question in other words."""
+"""The quality filters generated pairs must pass: a question a person could have
+written, grounding in their chunk, and not repeating an earlier question in other words."""
 
 from __future__ import annotations
+
+import re
 
 from datasketch import MinHash, MinHashLSH
 
@@ -15,6 +17,30 @@ def grounding(answer: str, context: str) -> float:
         return 0.0
     vocabulary = set(content_tokens(context))
     return sum(t in vocabulary for t in tokens) / len(tokens)
+
+
+_WH = r"(?:what|which|who|whom|whose|how|when|where|why)"
+# Words that cannot start the subject after "What do/does ...": verbs, and third-person
+# pronouns, which point at nothing in a question asked on its own ("I" and "you" can).
+_NOT_SUBJECT = r"(?:please|it|this|that|these|those|they|them|he|she|there|is|are|was|were|can|could|will|" \
+    r"would|should|must|may|do|does|did|has|have)"
+_MALFORMED = [
+    ("repeated punctuation", re.compile(r"[?!.,;:]{2,}")),
+    ("a question inside the question", re.compile(r"\?.*\S.*$")),
+    ("a question word as the subject", re.compile(rf"^{_WH}\s+(?:do|does|is|are|did|can)\s+{_WH}\b", re.I)),
+    ("a verb or pronoun as the subject", re.compile(rf"^{_WH}\s+(?:do|does|is|are)\s+{_NOT_SUBJECT}\b", re.I)),
+    ("a repeated word", re.compile(r"\b(\w+)\s+\1\b", re.I)),
+]
+
+
+def malformed(question: str) -> str | None:
+    """What is wrong with a question no person would write, or None. The checks are
+    about the shape of English questions only, never about a domain."""
+    if len(question.split()) < 3:
+        return "fewer than three words"
+    if not question.rstrip().endswith("?"):
+        return "no question mark at the end"
+    return next((reason for reason, pattern in _MALFORMED if pattern.search(question.strip())), None)
 
 
 class QuestionIndex:
