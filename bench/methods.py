@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common import default_config, default_dataset
 
-from qaforge.evaluation import ModelRef, evaluate, test_pairs
+from qaforge.evaluation import ModelRef, System, evaluate, test_pairs
 from qaforge.evaluation.report import metrics_text
 from qaforge.modeling import resolve_base_model
 from qaforge.records import ModelLabel
@@ -46,8 +46,10 @@ def main() -> None:
             start = time.perf_counter()
             run = train(data, config.model, cfg.model_copy(update={"output_dir": Path(tmp)}), config.prompt)
             minutes = (time.perf_counter() - start) / 60
-            models = {ModelLabel.CANDIDATE: ModelRef(str(run.model_dir)), ModelLabel.BASE: ModelRef(base_dir, identity=base_dir)}
-            report = evaluate(models, test_pairs(data, evaluation), config.prompt, evaluation, evaluation.cache_dir)
+            models = {ModelLabel.CANDIDATE: System(ModelRef(str(run.model_dir))),
+                      ModelLabel.BASE: System(ModelRef(base_dir, identity=base_dir))}
+            report = evaluate(models, {"test": test_pairs(data, evaluation)}, config.prompt, evaluation,
+                              cache_dir=evaluation.cache_dir)
         print(metrics_text(report.metrics), flush=True)
         gain = next(c for c in report.comparisons if c.metric == metric)
         general = next((c for c in report.comparisons if c.metric == "general_accuracy"), None)

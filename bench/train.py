@@ -84,11 +84,11 @@ def main() -> None:
     args = parser.parse_args()
     from qaforge.hardware import Machine, Precision
     from qaforge.modeling import resolve_base_model
-    from qaforge.training import sft_dataset, training_compute
+    from qaforge.training import examples, sft_dataset, training_compute
 
     config = default_config()
     data = default_dataset(config)
-    pairs = sft_dataset(data.train, config.prompt.system_prompt).to_list()
+    pairs = sft_dataset(examples(data.train), config.prompt.system_prompt).to_list()
     base_dir = resolve_base_model(config.model)
     cfg = config.training.model_copy(update={"max_steps": args.steps, "eval_steps": None, "early_stopping_patience": None})
     machine = Machine.detect()

@@ -1,5 +1,6 @@
-"""The whole job: sources -> documents -> chunks -> QA pairs -> fine-tuned model
--> evaluation -> MLflow model version -> `production` alias when it wins.
+"""The whole job: sources -> documents -> chunks -> retrieval index and QA pairs ->
+fine-tuned model (logged with its index) -> evaluation -> MLflow model version ->
+`production` alias when it wins.
 
 Run it with `zenml pipeline run pipelines.domain_qa.domain_qa_pipeline -c configs/default.yaml`.
 """
@@ -14,6 +15,7 @@ from qaforge.config import validate_config
 from qaforge.logs import quiet_libraries
 from steps.chunk import chunk_step
 from steps.evaluate import evaluate_step
+from steps.index import index_step
 from steps.ingest import ingest_step
 from steps.promote import promote_step
 from steps.register import register_step
@@ -29,8 +31,9 @@ def domain_qa_pipeline(config: dict[str, Any]) -> None:
     quiet_libraries(cfg.verbose)
     corpus, _ = ingest_step(cfg.sources)
     chunks = chunk_step(corpus, cfg.chunking, cfg.model)
+    index = index_step(chunks)
     data = synthesize_step(chunks, cfg.synthesis, cfg.prompt)
-    trained = train_step(data, cfg.model, cfg.training, cfg.prompt)
-    report = evaluate_step(data, trained, cfg.model, cfg.prompt, cfg.evaluation, cfg.registry)
+    trained = train_step(data, index, cfg.model, cfg.training, cfg.prompt, cfg.retrieval)
+    report = evaluate_step(data, trained, index, cfg.model, cfg.prompt, cfg.retrieval, cfg.evaluation, cfg.registry)
     registered = register_step(trained, cfg.registry)
     promote_step(report, registered, cfg.evaluation, cfg.registry)

@@ -169,6 +169,18 @@ class PromptConfig(_Strict):
     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
 
 
+class RetrievalConfig(_Strict):
+    """BM25 over the chunks (qaforge/retrieval.py), built by its own step and logged with
+    the model, so the server answers from the index its model was evaluated with."""
+
+    top_k: int = Field(default=2, ge=1, le=20, description="Passages put into the prompt.")
+    serve: bool = Field(
+        default=False,
+        description="The model answers from the top_k passages retrieved for each question: the gate "
+        "compares it with the base model given the same passages, and the server returns them as sources.",
+    )
+
+
 class ChunkingConfig(_Strict):
     max_tokens: int = Field(default=192, ge=32, le=4096)
     cache_dir: Path = Field(
@@ -278,6 +290,23 @@ class ReplayConfig(_Strict):
     ratio: float = Field(default=0.1, gt=0, le=1, description="Replay examples per domain training example.")
 
 
+class ContextTraining(_Strict):
+    """Retrieval-augmented fine-tuning (RAFT, Zhang et al. 2024): each training question
+    comes with `retrieval.top_k` passages as it will be served, so the model learns to
+    answer from context and to ignore passages that do not hold the answer."""
+
+    with_source: float = Field(
+        default=0.8, ge=0, le=1,
+        description="Share of examples whose passages include the chunk the answer came from, among the "
+        "best-matching others (distractors); the rest get distractors only.",
+    )
+    without_source_answer: str | None = Field(
+        default=None,
+        description="The answer taught when the passages lack the source: None keeps the pair's own answer "
+        "(RAFT: recall it); a text such as \"The documents do not say.\" teaches that refusal instead.",
+    )
+
+
 class TrainingConfig(ComputeOptions):
     method: Method = Field(
         default=Method.QLORA,
@@ -308,6 +337,9 @@ class TrainingConfig(ComputeOptions):
     )
     save_steps: int = Field(default=10, ge=1, description="Checkpoint interval; a rerun resumes.")
     replay: ReplayConfig | None = None
+    context: ContextTraining | None = Field(
+        default=None, description="Train with retrieved passages in the prompt (None: closed book)."
+    )
     output_dir: Path = Path(".qaforge/train")
     seed: int = 42
 
@@ -337,6 +369,13 @@ class JudgeConfig(EndpointConfig):
     max_tokens: int = Field(default=512, ge=16)
 
 
+class GoldSet(_Strict):
+    """Questions users really ask, with reference answers written by people."""
+
+    name: str = Field(pattern=r"^[a-z0-9_-]+$", description="Its name in the report and `gate_on`.")
+    path: Path = Field(description="JSONL of {question, answer, category (optional)}.")
+
+
 class EvaluationConfig(InferenceOptions):
     """Scores the models where and how they will be served: `device`, `precision` and
     `quantization` apply to base, candidate and the production re-score alike."""
@@ -363,6 +402,22 @@ class EvaluationConfig(InferenceOptions):
     judge: JudgeConfig | None = None
     report_dir: Path = Field(default=Path("reports"), description="HTML and Markdown reports, one folder per run.")
     examples_in_report: int = Field(default=8, ge=0)
+    compare_modes: bool = Field(
+        default=True,
+        description="Also score the base and the fine-tuned model in the mode not served (closed book or "
+        "with retrieval), so that the report shows all four systems side by side.",
+    )
+    paraphrases: int = Field(
+        default=60, ge=0,
+        description="Also score up to this many held-out phrasings of training questions, spread evenly over "
+        "them (0: none): recall of what the model was trained on, not of the sentence it was trained with.",
+    )
+    gold: list[GoldSet] = Field(default_factory=list, description="Question sets written by people.")
+    gate_on: str = Field(
+        default="test",
+        description="The question set the gate decides on: test (documents not trained on), paraphrase, "
+        "or the name of a gold set. The report shows every set.",
+    )
     cache_dir: Path | None = Field(
         default=Path(".qaforge/answers"),
         description="Answers of models that do not change (the base, a registered version), by model, questions "
@@ -439,6 +494,8 @@ CACHE_DIRS = {
     ("training", "output_dir"): "train",
     ("evaluation", "cache_dir"): "answers",
 }
+# Room a training example needs beyond its passages: system prompt, question, answer.
+CONTEXT_MARGIN_TOKENS = 192
 
 
 class QAForgeConfig(_Strict):
@@ -451,6 +508,7 @@ class QAForgeConfig(_Strict):
     model: ModelConfig = ModelConfig()
     prompt: PromptConfig = PromptConfig()
     chunking: ChunkingConfig = ChunkingConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
     synthesis: SynthesisConfig = SynthesisConfig()
     training: TrainingConfig = TrainingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
@@ -469,6 +527,27 @@ class QAForgeConfig(_Strict):
             if isinstance(values, dict) and key not in values:
                 data[section] = {**values, key: root / name}
         return data
+
+    @model_validator(mode="after")
+    def _sections_agree(self) -> QAForgeConfig:
+        """Checks across sections, in one place (the sections check themselves)."""
+        sets = {"test", "paraphrase", *(g.name for g in self.evaluation.gold)}
+        if self.evaluation.gate_on not in sets:
+            raise ValueError(f"evaluation.gate_on is '{self.evaluation.gate_on}', which is not one of the question "
+                             f"sets: {', '.join(sorted(sets))}")
+        if self.evaluation.gate_on == "paraphrase" and not self.evaluation.paraphrases:
+            raise ValueError("evaluation.gate_on is 'paraphrase' but evaluation.paraphrases is 0")
+        if len({g.name for g in self.evaluation.gold}) < len(self.evaluation.gold):
+            raise ValueError("evaluation.gold: two sets have the same name")
+        if self.training.context is not None:
+            needed = self.retrieval.top_k * self.chunking.max_tokens + CONTEXT_MARGIN_TOKENS
+            if self.training.max_length < needed:
+                raise ValueError(
+                    f"training.max_length is {self.training.max_length}, but training.context puts "
+                    f"retrieval.top_k={self.retrieval.top_k} passages of up to chunking.max_tokens="
+                    f"{self.chunking.max_tokens} tokens into each prompt: it needs at least {needed}"
+                )
+        return self
 
 
 class ConfigError(ValueError):

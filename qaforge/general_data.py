@@ -1,5 +1,6 @@
-"""The general (not domain) data shipped with qaforge: replay examples mixed into
-training, and the held-out general questions of the forgetting guard."""
+"""Question/answer data read from JSONL: the general (not domain) data shipped with
+qaforge (replay examples mixed into training, the forgetting guard's held-out general
+questions) and users' own gold question sets."""
 
 from __future__ import annotations
 
@@ -21,6 +22,14 @@ class GeneralQuestion(BaseModel):
     answer: str = Field(min_length=1)
     accept: list[str] = Field(min_length=1, description="Short answers, any of which counts as correct.")
     topic: str = ""
+
+
+class GoldQuestion(BaseModel):
+    """A question users ask, with an answer written by people (`evaluation.gold`)."""
+
+    question: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    category: str = ""
 
 
 def read_jsonl(path: Path, schema: type[T]) -> list[T]:

@@ -3,6 +3,8 @@ so `models:/<name>@production` loads with the same prompt format it was trained 
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -10,6 +12,8 @@ import mlflow
 from qaforge.config import InferenceOptions
 from qaforge.modeling import generate_answers, load_for_inference
 from qaforge.prompting import build_messages
+from qaforge.records import Passage
+from qaforge.retrieval import Retriever
 
 
 # Logged with every model so that a loader can override them:
@@ -22,31 +26,46 @@ def inference_options(options: InferenceOptions) -> dict[str, str]:
 
 
 class QAModel(mlflow.pyfunc.PythonModel):
+    """The model, its trained system prompt and, when it answers from retrieved
+    passages, the index it was trained and evaluated with and how many passages it gets."""
+
     def load_context(self, context: Any) -> None:
         config = context.model_config
         options = InferenceOptions(**{k: config[k] for k in INFERENCE_KEYS if config.get(k) is not None})
         self.model, self.tokenizer = load_for_inference(context.artifacts["model_dir"], options)
         self.system_prompt: str | None = config.get("system_prompt")
+        self.top_k = int(config.get("retrieval_top_k") or 0)
+        index = context.artifacts.get("index")
+        self.retriever = Retriever.load(Path(index)) if index and self.top_k else None
+
+    def context_for(self, question: str) -> list[Passage]:
+        return self.retriever.search(question, self.top_k) if self.retriever else []
 
     def predict(self, context: Any, model_input: list[str], params: dict | None = None) -> list[str]:
         max_new_tokens = int((params or {}).get("max_new_tokens", 128))
-        conversations = [build_messages(q, self.system_prompt) for q in model_input]
+        conversations = [build_messages(q, self.system_prompt, context=self.context_for(q)) for q in model_input]
         return generate_answers(self.model, self.tokenizer, conversations, max_new_tokens).answers
 
 
-def log_qa_model(merged_dir: str, system_prompt: str | None) -> str:
-    """Log the merged model into the active MLflow run; return its model URI.
+def log_qa_model(merged_dir: str, system_prompt: str | None, retriever: Retriever | None = None,
+                 top_k: int = 0) -> str:
+    """Log the merged model into the active MLflow run; return its model URI. With a
+    retriever, its index is logged with the model; with `top_k` > 0 the model answers
+    from that many passages of it wherever it is loaded.
 
     The pickled QAModel refers to this module by name (no copy of qaforge's code is
     logged), so a model loads with the installed qaforge and never shadows it.
     """
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=QAModel(),
-        artifacts={"model_dir": merged_dir},
-        model_config={"system_prompt": system_prompt} | inference_options(InferenceOptions()),
-        pip_requirements=["mlflow", "torch", "transformers", "pydantic"],
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        index = {"index": str(retriever.save(Path(tmp) / "index"))} if retriever is not None else {}
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=QAModel(),
+            artifacts={"model_dir": merged_dir} | index,
+            model_config={"system_prompt": system_prompt, "retrieval_top_k": top_k}
+            | inference_options(InferenceOptions()),
+            pip_requirements=["mlflow", "torch", "transformers", "pydantic", "bm25s", "snowballstemmer"],
+        )
     return info.model_uri
 
 

@@ -6,20 +6,47 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from qaforge.records import Turn
+from qaforge.records import Passage, Turn
+
+# Neutral on purpose: a model trained with retrieval also sees passages that do not hold
+# the answer (RAFT), and must learn when to use them rather than be told to trust them.
+CONTEXT_INTRO = "Passages from the documents, which may help:"
+
+
+def with_context(question: str, context: Sequence[Passage]) -> str:
+    """The question with retrieved passages before it, numbered as the sources are."""
+    if not context:
+        return question
+    passages = "\n\n".join(f"[{i}] {p.title}\n{p.text}" for i, p in enumerate(context, 1))
+    return f"{CONTEXT_INTRO}\n\n{passages}\n\nQuestion: {question}"
 
 
 def build_messages(
-    question: str, system_prompt: str | None, history: Sequence[Turn] = ()
+    question: str, system_prompt: str | None, history: Sequence[Turn] = (), context: Sequence[Passage] = ()
 ) -> list[dict[str, str]]:
+    """The conversation up to `question`; retrieved `context` goes into its turn only."""
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     for turn in history:
         messages += [
             {"role": "user", "content": turn.question},
             {"role": "assistant", "content": turn.answer},
         ]
-    messages.append({"role": "user", "content": question})
+    messages.append({"role": "user", "content": with_context(question, context)})
     return messages
+
+
+def last_question(messages: list[dict[str, str]]) -> str:
+    """The newest user turn: what a served conversation retrieves for."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def with_retrieved(messages: list[dict[str, str]], context: Sequence[Passage]) -> list[dict[str, str]]:
+    """A served conversation with `context` put into its newest user turn, as
+    `build_messages` puts it in training and evaluation."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is None or not context:
+        return messages
+    return [m | {"content": with_context(m["content"], context)} if i == last else m for i, m in enumerate(messages)]
 
 
 def with_system_prompt(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:

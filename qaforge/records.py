@@ -107,6 +107,19 @@ class ChunkSet(BaseModel):
     chunks: list[Chunk]
 
 
+class Passage(BaseModel):
+    """A chunk as retrieval returns it: the context a prompt is given, and the sources
+    an answer names."""
+
+    chunk_id: str
+    doc_id: str
+    title: str
+    source: str
+    headings: list[str] = Field(default_factory=list)
+    text: str
+    score: float = Field(default=0.0, description="BM25 score for the question it was retrieved for.")
+
+
 class Turn(BaseModel):
     question: str
     answer: str
@@ -174,6 +187,12 @@ class ModelLabel(StrEnum):
     CANDIDATE = "candidate"
     BASE = "base"
     PRODUCTION = "production"
+    CANDIDATE_RETRIEVAL = "candidate+retrieval"
+    BASE_RETRIEVAL = "base+retrieval"
+
+    @property
+    def retrieval(self) -> bool:
+        return self in (ModelLabel.CANDIDATE_RETRIEVAL, ModelLabel.BASE_RETRIEVAL)
 
 
 class Resampling(StrEnum):
@@ -217,12 +236,21 @@ class PairwiseResult(BaseModel):
 
 
 class EvalReport(BaseModel):
+    question_set: str = Field(default="test", description="test, paraphrase, or a gold set's name.")
+    gated: ModelLabel = Field(
+        default=ModelLabel.CANDIDATE, description="The system promotion is about: the fine-tuned model as served."
+    )
+    baseline: ModelLabel = Field(default=ModelLabel.BASE, description="The base model in the same mode.")
+    retrieval_recall: float | None = Field(
+        default=None, description="Share of questions whose source chunk is among the passages retrieved."
+    )
     metrics: dict[str, dict[str, float]] = Field(description="Model label -> metric -> value.")
     models: dict[str, str] = Field(default_factory=dict, description="Model label -> the model it scored.")
     reused: list[str] = Field(default_factory=list, description="Labels whose answers came from the answer cache.")
     comparisons: list[Interval] = Field(
         default_factory=list,
-        description="Candidate minus each other model, per metric, with bootstrap CIs over questions and documents.",
+        description="The gated system minus each other one, per metric, with bootstrap CIs over questions and "
+        "documents.",
     )
     by_source: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="Source -> 'n' and model label -> primary metric on its questions."
@@ -230,6 +258,9 @@ class EvalReport(BaseModel):
     pairwise: PairwiseResult | None = None
     general: list[EvalRow] = Field(default_factory=list, description="Forgetting-guard answers.")
     rows: list[EvalRow]
+    other_sets: list[EvalReport] = Field(
+        default_factory=list, description="The same systems on the other question sets (the gate uses this one)."
+    )
 
 
 class RegisteredModel(BaseModel):

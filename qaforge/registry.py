@@ -50,7 +50,7 @@ def production_model(cfg: RegistryConfig, trained: TrainedModel) -> ModelRef | N
 
 
 def gain(report: EvalReport, metric: str, other: ModelLabel) -> Interval | None:
-    """The candidate's gain over `other` with the more cautious of its intervals (the
+    """The gated system's gain over `other` with the more cautious of its intervals (the
     lower lower bound). Resampling documents is the honest one, as questions about one
     document are not independent; but over very few test documents it is too narrow
     (over one, it has no width at all), and then the question-level one is wider."""
@@ -59,10 +59,10 @@ def gain(report: EvalReport, metric: str, other: ModelLabel) -> Interval | None:
 
 
 def general_drop(report: EvalReport) -> float | None:
-    if "general_accuracy" not in report.metrics[ModelLabel.BASE]:
+    if "general_accuracy" not in report.metrics[report.baseline]:
         return None
-    return (report.metrics[ModelLabel.BASE]["general_accuracy"]
-            - report.metrics[ModelLabel.CANDIDATE]["general_accuracy"])
+    return (report.metrics[report.baseline]["general_accuracy"]
+            - report.metrics[report.gated]["general_accuracy"])
 
 
 def registered_version(uri: str | None) -> str | None:
@@ -71,10 +71,10 @@ def registered_version(uri: str | None) -> str | None:
 
 
 def gate(report: EvalReport, version: str, metric: str, cfg: RegistryConfig) -> PromotionDecision:
-    """Promote only if the candidate beats the base and the production version on
-    `metric` by more than the margin (lower bound of the interval), and passes the
-    forgetting guard."""
-    versus_base = gain(report, metric, ModelLabel.BASE)
+    """Promote only if the candidate, as served, beats the base model in the same mode
+    and the production version on `metric` by more than the margin (lower bound of the
+    interval) on the report's question set, and passes the forgetting guard."""
+    versus_base = gain(report, metric, report.baseline)
     if versus_base is None:
         raise ValueError(f"the evaluation report has no {metric} comparison with the base model")
     return decide(

@@ -1,17 +1,19 @@
 """Training: QLoRA, LoRA or full SFT with trl, loss on the answer tokens only, val loss
-every N steps with early stopping, optional replay of general data; a LoRA adapter
+every N steps with early stopping, optional replay of general data, optionally with
+retrieved passages in the prompt (RAFT); a LoRA adapter
 is then merged into a full-precision copy of the base model. Metrics go to the active
 MLflow run when there is one."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import resource
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +25,69 @@ from transformers import AutoModelForCausalLM, EarlyStoppingCallback, TrainerCal
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
-from qaforge.config import Method, ModelConfig, PromptConfig, ReplayConfig, TrainingConfig, config_hash
+from qaforge.config import (
+    ContextTraining, Method, ModelConfig, PromptConfig, ReplayConfig, TrainingConfig, config_hash,
+)
 from qaforge.general_data import ReplayExample, read_jsonl
 from qaforge.hardware import Compute, Device, Machine, Precision, Quantization, decide_training, quantization_config
 from qaforge.modeling import load_tokenizer, resolve_base_model
 from qaforge.prompting import build_messages
-from qaforge.records import QADataset, QAPair
+from qaforge.records import Passage, QADataset, QAPair, Turn
+from qaforge.retrieval import Retriever
 
 log = logging.getLogger(__name__)
 
 
-def sft_dataset(
-    pairs: list[QAPair], system_prompt: str | None, replay: list[ReplayExample] = ()
-) -> Dataset:
+@dataclass(frozen=True)
+class Example:
+    """One training conversation as `build_messages` renders it, and the answer taught."""
+
+    question: str
+    answer: str
+    history: tuple[Turn, ...] = ()
+    context: tuple[Passage, ...] = ()
+    source_id: str = ""  # the chunk the answer came from, if any
+
+
+def examples(pairs: list[QAPair], replay: Sequence[ReplayExample] = ()) -> list[Example]:
+    return [Example(p.question, p.answer, tuple(p.history), source_id=p.chunk_id) for p in pairs] + [
+        Example(r.question, r.answer) for r in replay
+    ]
+
+
+def with_passages(found: list[Example], retriever: Retriever, top_k: int, cfg: ContextTraining,
+                  seed: int) -> list[Example]:
+    """RAFT's training examples: each question with `top_k` retrieved passages, as it
+    will be served. With probability `with_source` they are the chunk its answer came
+    from, at a random place, among the best-matching other chunks (distractors);
+    otherwise distractors only, and the answer is the pair's own (to be recalled) or
+    the configured refusal. Replay and unanswerable questions get distractors only and
+    keep their answers, so the model learns to ignore passages that do not help."""
+    rng = random.Random(seed)
+    distractors = retriever.search_many([e.question for e in found], top_k, exclude=[e.source_id for e in found])
+    result = []
+    for example, others in zip(found, distractors):
+        source = retriever.by_id.get(example.source_id)
+        if source is not None and rng.random() < cfg.with_source:
+            context = others[: top_k - 1]
+            context.insert(rng.randrange(len(context) + 1), source)
+            answer = example.answer
+        else:
+            context = others[:top_k]
+            answer = example.answer if source is None else cfg.without_source_answer or example.answer
+        result.append(replace(example, answer=answer, context=tuple(context)))
+    return result
+
+
+def sft_dataset(found: list[Example], system_prompt: str | None) -> Dataset:
     """Conversational prompt/completion rows: trl masks the prompt out of the loss."""
-    examples = [(p.question, p.answer, p.history) for p in pairs] + [(r.question, r.answer, ()) for r in replay]
     return Dataset.from_list(
         [
             {
-                "prompt": build_messages(question, system_prompt, history),
-                "completion": [{"role": "assistant", "content": answer}],
+                "prompt": build_messages(e.question, system_prompt, e.history, e.context),
+                "completion": [{"role": "assistant", "content": e.answer}],
             }
-            for question, answer, history in examples
+            for e in found
         ]
     )
 
@@ -200,9 +243,13 @@ def merge_adapter(base_dir: str, adapter_dir: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def dataset_hash(pairs: list[QAPair]) -> str:
-    """Identifies the training data, earlier turns of follow-ups included."""
-    payload = "\n".join(p.model_dump_json(include={"history", "question", "answer"}) for p in pairs)
+def dataset_hash(found: list[Example]) -> str:
+    """Identifies the training data: earlier turns of follow-ups and passages included."""
+    payload = "\n".join(
+        json.dumps([[(t.question, t.answer) for t in e.history], [p.chunk_id for p in e.context], e.question,
+                    e.answer])
+        for e in found
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -228,10 +275,10 @@ class TrainingRun:
     seconds: float
 
 
-def plan_training(data: QADataset, model_cfg: ModelConfig, cfg: TrainingConfig, prompt: PromptConfig,
+def plan_training(train_examples: list[Example], model_cfg: ModelConfig, cfg: TrainingConfig, prompt: PromptConfig,
                   replay: int = 0) -> TrainingPlan:
     base_dir = resolve_base_model(model_cfg)
-    data_hash = dataset_hash(data.train)
+    data_hash = dataset_hash(train_examples)
     # Keyed by everything that shapes the weights, so a rerun after a crash resumes
     # its own checkpoints and never another configuration's.
     key = hashlib.sha256(
@@ -248,18 +295,27 @@ def train(
     cfg: TrainingConfig,
     prompt: PromptConfig,
     on_start: Callable[[TrainingPlan], None] = lambda plan: None,
+    retriever: Retriever | None = None,
+    top_k: int = 0,
 ) -> TrainingRun:
     """Fine-tune the base model on the train split (val loss on the val split) and
-    return the full model's folder; `on_start` sees the plan before training starts."""
+    return the full model's folder; `on_start` sees the plan before training starts.
+    With `cfg.context`, the questions come with `top_k` passages from `retriever`."""
     start = time.perf_counter()
     replay = replay_sample(cfg.replay, len(data.train), cfg.seed) if cfg.replay else []
-    plan = plan_training(data, model_cfg, cfg, prompt, len(replay))
+    train_examples, val_examples = examples(data.train, replay), examples(data.val)
+    if cfg.context is not None:
+        if retriever is None or top_k < 1:
+            raise ValueError("training.context needs a retrieval index and top_k")
+        train_examples = with_passages(train_examples, retriever, top_k, cfg.context, cfg.seed)
+        val_examples = with_passages(val_examples, retriever, top_k, cfg.context, cfg.seed)
+    plan = plan_training(train_examples, model_cfg, cfg, prompt, len(replay))
     print(f"Training {cfg.method} on {plan.compute}; {plan.machine.threads} torch threads on "
-          f"{plan.machine.cores} cores")
+          f"{plan.machine.cores} cores" + (f"; {top_k} passages per question" if cfg.context else ""))
     on_start(plan)
     result = fit(
-        sft_dataset(data.train, prompt.system_prompt, replay),
-        sft_dataset(data.val, prompt.system_prompt) if data.val else None,
+        sft_dataset(train_examples, prompt.system_prompt),
+        sft_dataset(val_examples, prompt.system_prompt) if val_examples else None,
         plan.base_dir,
         cfg,
         plan.work_dir,

@@ -8,9 +8,10 @@ import mlflow
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from zenml import step
 
-from qaforge.config import ModelConfig, PromptConfig, TrainingConfig, config_hash
+from qaforge.config import ModelConfig, PromptConfig, RetrievalConfig, TrainingConfig, config_hash
 from qaforge.mlflow_model import log_qa_model
 from qaforge.records import QADataset, TrainedModel
+from qaforge.retrieval import Retriever
 from qaforge.training import TrainingPlan, peak_memory_mb, train
 
 
@@ -23,8 +24,9 @@ def log_plan(plan: TrainingPlan, data: QADataset, cfg: TrainingConfig) -> None:
             "compute.cpu_capability": plan.machine.cpu_capability,
             "compute.gpu": plan.machine.gpu or "none",
             "compute.torch_threads": plan.machine.threads,
-            **{f"training.{k}": v for k, v in cfg.model_dump(mode="json").items() if k != "replay"},
+            **{f"training.{k}": v for k, v in cfg.model_dump(mode="json").items() if k not in ("replay", "context")},
             "training.replay": f"{plan.replay} from {cfg.replay.path}" if cfg.replay else "none",
+            "training.context": cfg.context.model_dump_json() if cfg.context else "none",
             "training.config_hash": config_hash(cfg),
             "model.base": plan.base_dir,
             "data.train_pairs": len(data.train),
@@ -37,12 +39,16 @@ def log_plan(plan: TrainingPlan, data: QADataset, cfg: TrainingConfig) -> None:
 
 
 @step(experiment_tracker=True)
-def train_step(data: QADataset, model: ModelConfig, training: TrainingConfig, prompt: PromptConfig) -> TrainedModel:
+def train_step(
+    data: QADataset, index: Retriever, model: ModelConfig, training: TrainingConfig, prompt: PromptConfig,
+    retrieval: RetrievalConfig,
+) -> TrainedModel:
     run_id = mlflow.active_run().info.run_id
     monitor = SystemMetricsMonitor(run_id, sampling_interval=5)
     monitor.start()
     try:
-        run = train(data, model, training, prompt, on_start=lambda plan: log_plan(plan, data, training))
+        run = train(data, model, training, prompt, on_start=lambda plan: log_plan(plan, data, training),
+                    retriever=index, top_k=retrieval.top_k)
     finally:
         monitor.finish()
     if run.adapter_dir is not None:
@@ -54,7 +60,9 @@ def train_step(data: QADataset, model: ModelConfig, training: TrainingConfig, pr
     return TrainedModel(
         method=training.method,
         base_model=model.name_or_path,
-        model_uri=log_qa_model(str(run.model_dir), prompt.system_prompt),
+        # The index goes with the model, so that wherever it is served it retrieves what it was evaluated with.
+        model_uri=log_qa_model(str(run.model_dir), prompt.system_prompt, index,
+                               retrieval.top_k if retrieval.serve else 0),
         adapter_uri=f"runs:/{run_id}/adapter" if run.adapter_dir is not None else None,
         mlflow_run_id=run_id,
         train_loss=run.fit.train_loss,

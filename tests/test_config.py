@@ -8,7 +8,7 @@ from qaforge.config import ConfigError, QAForgeConfig, load_config, validate_con
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml", "teacher.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml", "teacher.yaml", "faq.yaml"])
 def test_shipped_configs_validate(name: str) -> None:
     cfg = load_config(REPO / "configs" / name)
     assert isinstance(cfg, QAForgeConfig)

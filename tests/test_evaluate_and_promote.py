@@ -226,7 +226,7 @@ def test_evaluation_scores_a_logged_model_by_uri_and_reuses_fixed_models_answers
 
 def run_evaluations(uri: str, base_model_dir: str, tmp_path) -> None:  # noqa: ANN001
     from qaforge.config import EvaluationConfig, PromptConfig
-    from qaforge.evaluation import ModelRef, evaluate
+    from qaforge.evaluation import ModelRef, System, evaluate
     from qaforge.records import ModelLabel, QAPair
 
     pairs = [
@@ -237,15 +237,18 @@ def run_evaluations(uri: str, base_model_dir: str, tmp_path) -> None:  # noqa: A
     ]
     cfg = EvaluationConfig(max_new_tokens=6, latency_samples=0, general_qa=None, bootstrap_samples=100,
                            precision="fp32")
-    models = {ModelLabel.CANDIDATE: ModelRef(uri), ModelLabel.BASE: ModelRef(base_model_dir, identity=base_model_dir)}
-    first = evaluate(models, pairs, PromptConfig(system_prompt="Be brief."), cfg, tmp_path / "answers")
+    models = {ModelLabel.CANDIDATE: System(ModelRef(uri)),
+              ModelLabel.BASE: System(ModelRef(base_model_dir, identity=base_model_dir))}
+    sets = {"test": pairs}
+    first = evaluate(models, sets, PromptConfig(system_prompt="Be brief."), cfg, cache_dir=tmp_path / "answers")
     assert first.reused == [] and first.models["candidate"] == uri
     assert [r.answers["candidate"] for r in first.rows] == [r.answers["base"] for r in first.rows], (
         "the logged model is the base model, so it answers the same"
     )
     assert {(c.b, c.resampled) for c in first.comparisons} == {("base", "questions"), ("base", "documents")}
-    again = evaluate(models, pairs, PromptConfig(system_prompt="Be brief."), cfg, tmp_path / "answers")
+    again = evaluate(models, sets, PromptConfig(system_prompt="Be brief."), cfg, cache_dir=tmp_path / "answers")
     assert again.reused == ["base"], "a model without an identity is never cached"
     assert again.rows == first.rows and again.metrics["base"] == first.metrics["base"]
     other = cfg.model_copy(update={"max_new_tokens": 7})
-    assert evaluate(models, pairs, PromptConfig(system_prompt="Be brief."), other, tmp_path / "answers").reused == []
+    assert evaluate(models, sets, PromptConfig(system_prompt="Be brief."), other,
+                    cache_dir=tmp_path / "answers").reused == []

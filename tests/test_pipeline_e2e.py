@@ -22,7 +22,7 @@ from conftest import REPO, SAMPLE
 from fixture_site import free_port, wait_for_health
 
 pytestmark = pytest.mark.e2e
-CACHED_STEPS = ["chunk_step", "synthesize_step", "train_step", "evaluate_step", "register_step", "promote_step"]
+CACHED_STEPS = ["chunk_step", "index_step", "synthesize_step", "train_step", "evaluate_step", "register_step", "promote_step"]
 TOKEN = "test-token-123"
 BIN = Path(sys.executable).parent  # the CLIs installed beside this interpreter
 

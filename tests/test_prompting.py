@@ -7,7 +7,7 @@ from trl import SFTConfig, SFTTrainer
 
 from qaforge.prompting import build_messages, encode_prompt, render_prompt, with_system_prompt
 from qaforge.records import QAPair, Turn
-from qaforge.training import sft_dataset
+from qaforge.training import examples, sft_dataset
 
 
 @pytest.mark.parametrize("history", [[], [Turn(question="What is Level 2?", answer="Level 2 is AC charging.")]])
@@ -20,7 +20,7 @@ def test_training_prompt_tokens_equal_served_prompt_tokens(base_model_dir, token
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(base_model_dir),
         args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=256),
-        train_dataset=sft_dataset([pair], system),
+        train_dataset=sft_dataset(examples([pair]), system),
         processing_class=tokenizer,
         peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
     )

@@ -23,7 +23,9 @@ from qaforge.config import GENERAL_DATA, ReplayConfig, TrainingConfig
 from qaforge.general_data import GeneralQuestion, ReplayExample, read_jsonl
 from qaforge.records import QAPair
 from qaforge.hardware import Precision
-from qaforge.training import fit, load_trainable_model, merge_adapter, replay_sample, sft_dataset, training_compute
+from qaforge.training import (
+    examples, fit, load_trainable_model, merge_adapter, replay_sample, sft_dataset, training_compute,
+)
 
 from conftest import REPO
 
@@ -54,8 +56,8 @@ def small_config(method: str, **overrides: object) -> TrainingConfig:
 @pytest.mark.training
 @pytest.mark.parametrize("method", ["qlora", "lora", "full"])
 def test_each_method_lowers_train_and_val_loss(base_model_dir, tmp_path, method) -> None:  # noqa: ANN001
-    data = sft_dataset(pairs(), "Answer about the depot.")
-    result = fit(data, sft_dataset(pairs(4), "Answer about the depot."), base_model_dir, small_config(method), tmp_path)
+    data = sft_dataset(examples(pairs()), "Answer about the depot.")
+    result = fit(data, sft_dataset(examples(pairs(4)), "Answer about the depot."), base_model_dir, small_config(method), tmp_path)
     losses = [h["loss"] for h in result.history if "loss" in h]
     val = [h["eval_loss"] for h in result.history if "eval_loss" in h]
     assert result.steps == 6 and len(losses) == 6 and len(val) == 2
@@ -78,7 +80,7 @@ def test_each_method_lowers_train_and_val_loss(base_model_dir, tmp_path, method)
 
 @pytest.mark.training
 def test_packing_trains_on_the_same_examples(base_model_dir, tmp_path) -> None:  # noqa: ANN001
-    result = fit(sft_dataset(pairs(), None), None, base_model_dir, small_config("lora", packing=True), tmp_path)
+    result = fit(sft_dataset(examples(pairs()), None), None, base_model_dir, small_config("lora", packing=True), tmp_path)
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert losses[-1] < losses[0] * 0.8, losses
 
@@ -90,7 +92,7 @@ def test_forced_precision_trains_in_that_precision(base_model_dir, tmp_path, pre
     the trainer is told the one asked for."""
     config = small_config("lora", precision=precision, max_steps=4, batch_size=2, max_length=64, eval_steps=None,
                           save_steps=4, early_stopping_patience=None, learning_rate=3e-3)
-    result = fit(sft_dataset(pairs(8), None), None, base_model_dir, config, tmp_path)
+    result = fit(sft_dataset(examples(pairs(8)), None), None, base_model_dir, config, tmp_path)
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert result.steps == 4 and losses[-1] < losses[0], losses
     args = torch.load(tmp_path / "checkpoints" / "checkpoint-4" / "training_args.bin", weights_only=False)
@@ -138,8 +140,8 @@ import sys
 from pathlib import Path
 sys.path[:0] = [{repo!r}, {tests!r}]
 from test_training import RESUMABLE, pairs, small_config
-from qaforge.training import fit, sft_dataset
-fit(sft_dataset(pairs(), None), None, {base!r}, small_config("lora", **RESUMABLE), Path({work!r}))
+from qaforge.training import examples, fit, sft_dataset
+fit(sft_dataset(examples(pairs()), None), None, {base!r}, small_config("lora", **RESUMABLE), Path({work!r}))
 """
 
 
@@ -161,10 +163,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(base_model_dir, tmp_path, c
     assert checkpoints and checkpoints[-1] < 16, "killed before the end"
     config = small_config("lora", **RESUMABLE)
     with caplog.at_level(logging.INFO, logger="steps.train"):
-        resumed = fit(sft_dataset(pairs(), None), None, base_model_dir, config, work)
+        resumed = fit(sft_dataset(examples(pairs()), None), None, base_model_dir, config, work)
     assert f"resuming training from {work / 'checkpoints' / f'checkpoint-{checkpoints[-1]}'}" in caplog.text
     # The same run without the kill ends with the same weights.
-    straight = fit(sft_dataset(pairs(), None), None, base_model_dir, config, tmp_path / "straight")
+    straight = fit(sft_dataset(examples(pairs()), None), None, base_model_dir, config, tmp_path / "straight")
     assert resumed.steps == straight.steps == 16
     got, expected = (load_file(r.model_dir / "adapter_model.safetensors") for r in (resumed, straight))
     for name, tensor in expected.items():
@@ -192,10 +194,45 @@ def test_dataset_hash_sees_the_earlier_turns() -> None:
     """Two datasets that differ only in a follow-up's first turn train different
     models, so they must not share a checkpoint folder."""
     from qaforge.records import QAPair, Turn
-    from qaforge.training import dataset_hash
+    from qaforge.training import dataset_hash, examples
 
     def pair(first_answer: str) -> QAPair:
         return QAPair(history=[Turn(question="What is Level 2?", answer=first_answer)], question="How fast is it?",
                       answer="Up to 19.2 kW.", chunk_id="c", doc_id="d", source="s", kind="follow-up", grounding=1.0)
 
-    assert dataset_hash([pair("AC charging at 240 V.")]) != dataset_hash([pair("DC fast charging.")])
+    assert dataset_hash(examples([pair("AC charging at 240 V.")])) != dataset_hash(examples([pair("DC fast charging.")]))
+
+
+@pytest.mark.training
+def test_a_model_trained_with_passages_answers_from_a_fact_it_never_saw(sample_dataset, sample_chunks,  # noqa: ANN001
+                                                                          tmp_path) -> None:
+    """RAFT: trained with retrieved passages in its prompts, the model reads the answer
+    out of a passage at question time, here a planted fact that is in no training
+    example, and without the passage it does not know it."""
+    from qaforge.config import ContextTraining, ModelConfig, PromptConfig
+    from qaforge.modeling import generate_answers, load_for_inference
+    from qaforge.prompting import build_messages
+    from qaforge.records import Passage, QADataset
+    from qaforge.retrieval import Retriever
+    from qaforge.training import train
+
+    data = QADataset(train=[p for p in sample_dataset.train if not p.history][:96], val=[], test=[])
+    cfg = TrainingConfig(method="full", max_steps=12, batch_size=8, learning_rate=5e-5, max_length=576,
+                         warmup_steps=0, eval_steps=None, early_stopping_patience=None, save_steps=12,
+                         context=ContextTraining(), output_dir=tmp_path)
+    prompt = PromptConfig(system_prompt="You answer questions about electric-vehicle charging.")
+    run = train(data, ModelConfig(cache_dir=REPO / ".qaforge" / "models"), cfg, prompt,
+                retriever=Retriever.build(sample_chunks), top_k=2)
+    planted = Passage(chunk_id="planted", doc_id="planted", title="Zorvex depot", source="planted",
+                      text="The Zorvex depot charger has a maximum output of 417 kW. It was installed in 2031.")
+    other = next(c for c in sample_chunks.chunks if "CHAdeMO" in c.text)
+    distractor = Passage(chunk_id=other.chunk_id, doc_id=other.doc_id, title=other.title, source=other.source,
+                         text=other.text)
+    question = "What is the maximum output of the Zorvex depot charger?"
+    model, tokenizer = load_for_inference(str(run.model_dir))
+    with_passage, closed_book = generate_answers(model, tokenizer, [
+        build_messages(question, prompt.system_prompt, context=[distractor, planted]),
+        build_messages(question, prompt.system_prompt),
+    ], max_new_tokens=32).answers
+    assert "417" in with_passage, with_passage
+    assert "417" not in closed_book, closed_book

@@ -25,7 +25,10 @@ from qaforge.records import EvalReport, EvalRow, Interval, ModelLabel, PairwiseR
 SIGNIFICANT = 4
 DPI = 100  # Fixed, so the PNGs (embedded in the HTML as base64) stay small.
 # One colour per model, the same in every plot whatever order the models come in.
-COLORS = {ModelLabel.BASE: "#9aa5b1", ModelLabel.CANDIDATE: "#2b6cb0", ModelLabel.PRODUCTION: "#dd6b20"}
+COLORS = {
+    ModelLabel.BASE: "#9aa5b1", ModelLabel.CANDIDATE: "#2b6cb0", ModelLabel.PRODUCTION: "#dd6b20",
+    ModelLabel.BASE_RETRIEVAL: "#4a5568", ModelLabel.CANDIDATE_RETRIEVAL: "#6b46c1",
+}
 OTHER_COLOR = "#38a169"
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem;
@@ -80,7 +83,7 @@ def write_report(
     plots = {
         name: path
         for name, path in (
-            ("metrics", plot_metrics(headline(report.comparisons), out_dir / "metrics.png")),
+            ("metrics", plot_metrics(headline(report.comparisons, report.baseline), out_dir / "metrics.png")),
             ("by_source", plot_by_source(report.by_source, primary_metric, out_dir / "by_source.png")),
             ("loss", plot_loss(trained.history, out_dir / "loss.png")),
         )
@@ -157,15 +160,54 @@ def build_sections(
 ) -> list[Section]:
     labels = model_labels(report)
     sections = [
-        Section("Metrics", [metrics_table(report.metrics)]),
-        *comparison_sections(report.comparisons, plots.get("metrics")),
+        question_sets_section(report, primary_metric),
+        Section(f"Metrics on the {report.question_set} questions", [metrics_table(report.metrics)]),
+        *comparison_sections(report.comparisons, plots.get("metrics"), report.baseline),
         pairwise_section(report.pairwise),
         by_source_section(report.by_source, primary_metric, plots.get("by_source")),
         training_section(trained, plots.get("loss")),
         examples_section(report.rows[:examples], labels, len(report.rows)),
         forgetting_section(report.general, report.metrics),
+        *(section for other in report.other_sets for section in other_set_sections(other, primary_metric)),
     ]
     return [s for s in sections if s is not None]
+
+
+def question_sets_section(report: EvalReport, primary_metric: str) -> Section | None:
+    """Every system on every question set at a glance, with the gated system's gain over
+    the base model in the same mode: the gate decides on the first row."""
+    if not report.other_sets and report.retrieval_recall is None:
+        return None
+    labels = list(report.metrics)
+    rows = []
+    for r in (report, *report.other_sets):
+        gain = next((c for c in r.comparisons if c.metric == primary_metric and c.b == r.baseline
+                     and c.resampled == Resampling.DOCUMENTS), None)
+        rows.append([
+            r.question_set, str(len(r.rows)), fmt(r.retrieval_recall),
+            *[fmt(r.metrics.get(label, {}).get(primary_metric)) for label in labels],
+            f"{fmt_signed(gain.gain)} [{fmt_signed(gain.low)}, {fmt_signed(gain.high)}]" if gain else "",
+        ])
+    note = (
+        f"{primary_metric} of each system. test: questions about documents no model trained on (style and "
+        "reading); paraphrase: training questions asked in words not trained on (what the model learned); "
+        "other sets: questions written by people. Retrieval recall: share of questions whose source chunk "
+        f"was among the retrieved passages. The gate decides on the {report.question_set} set, for "
+        f"{report.gated} against {report.baseline}."
+    )
+    headers = ["question set", "n", "retrieval recall", *labels, f"{report.gated} − {report.baseline} (CI, documents)"]
+    return Section("Question sets", [note, Table(headers, rows)])
+
+
+def other_set_sections(report: EvalReport, primary_metric: str) -> list[Section]:
+    sections = [Section(f"Metrics on the {report.question_set} questions", [metrics_table(report.metrics)])]
+    sections += [
+        Section(f"{section.title} ({report.question_set})", section.blocks)
+        for section in comparison_sections(report.comparisons, None, report.baseline)
+    ]
+    if (per_source := by_source_section(report.by_source, primary_metric, None)) is not None:
+        sections.append(Section(f"{per_source.title} ({report.question_set})", per_source.blocks))
+    return sections
 
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> Table:
@@ -175,7 +217,8 @@ def metrics_table(metrics: dict[str, dict[str, float]]) -> Table:
     return Table(["metric", *labels], rows)
 
 
-def comparison_sections(comparisons: list[Interval], plot: Path | None) -> list[Section]:
+def comparison_sections(comparisons: list[Interval], plot: Path | None,
+                        baseline: str = ModelLabel.BASE) -> list[Section]:
     """One section per model the candidate is compared with: each metric's gain with its
     interval over resampled questions and, where there is one, over resampled documents
     (the gate decides on the latter: questions about one document are not independent)."""
@@ -205,7 +248,7 @@ def comparison_sections(comparisons: list[Interval], plot: Path | None) -> list[
             f"{first.a} is better (for {', '.join(sorted(LOWER_IS_BETTER))} the gain is {first.b} − {first.a})."
         )
         blocks: list[Block] = [note, Table(headers, rows, align="lrrrrrl")]
-        if plot and other == ModelLabel.BASE:
+        if plot and other == baseline:
             blocks.append(Image(plot))
         sections.append(Section(f"{first.a} versus {first.b}", blocks))
     return sections
@@ -362,11 +405,11 @@ def save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def headline(comparisons: list[Interval]) -> list[Interval]:
-    """Per metric, the candidate versus the base, over documents where resampled so."""
+def headline(comparisons: list[Interval], baseline: str = ModelLabel.BASE) -> list[Interval]:
+    """Per metric, the gated system versus the base, over documents where resampled so."""
     chosen: dict[str, Interval] = {}
     for c in comparisons:
-        if c.b == ModelLabel.BASE and (c.metric not in chosen or c.resampled == Resampling.DOCUMENTS):
+        if c.b == baseline and (c.metric not in chosen or c.resampled == Resampling.DOCUMENTS):
             chosen[c.metric] = c
     return list(chosen.values())
 
@@ -448,17 +491,20 @@ def plot_loss(history: list[dict[str, float]], path: Path) -> Path | None:
 def metrics_text(metrics: dict[str, dict[str, float]]) -> str:
     labels = list(metrics)
     names = list(dict.fromkeys(n for values in metrics.values() for n in values))
-    lines = [f"{'metric':<24}" + "".join(f"{label:>12}" for label in labels)]
+    lines = [f"{'metric':<24}" + "".join(f"{label:>21}" for label in labels)]
     lines += [
-        f"{n:<24}" + "".join(f"{metrics[label][n]:>12.4f}" if n in metrics[label] else f"{'':>12}" for label in labels)
+        f"{n:<24}" + "".join(f"{metrics[label][n]:>21.4f}" if n in metrics[label] else f"{'':>21}" for label in labels)
         for n in names
     ]
     return "\n".join(lines)
 
 
-def comparisons_text(report: EvalReport) -> str:
+def comparisons_text(report: EvalReport, metric: str | None = None) -> str:
+    """The gated system's gains on every question set (on `metric` only, if given)."""
     return "\n".join(
-        f"{c.metric:<18} {c.a} - {c.b}: {c.gain:+.4f}  {round(100 * c.confidence)}% CI [{c.low:+.4f}, {c.high:+.4f}]"
-        f" over {c.clusters} {c.resampled}"
-        for c in report.comparisons
+        f"[{r.question_set}] {c.metric:<18} {c.a} - {c.b}: {c.gain:+.4f}  {round(100 * c.confidence)}% CI "
+        f"[{c.low:+.4f}, {c.high:+.4f}] over {c.clusters} {c.resampled}"
+        for r in (report, *report.other_sets)
+        for c in r.comparisons
+        if metric is None or c.metric == metric
     )
