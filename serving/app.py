@@ -33,7 +33,7 @@ from serving.routes import api_router
 from serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/chat"})
 
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:

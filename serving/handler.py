@@ -1,5 +1,6 @@
-"""The work behind the routes: limits checked and the prompt tokenized before a request
-reaches the engine, usage counted and logged after."""
+"""The work behind the routes: passages retrieved (for a model that answers from them),
+limits checked and the prompt tokenized before a request reaches the engine, usage
+counted and logged after."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from qaforge.fsutil import append_line
-from qaforge.prompting import encode_prompt, with_system_prompt
+from qaforge.prompting import encode_prompt, with_retrieved, with_system_prompt
 from qaforge.records import ConversationRecord
 from serving.engine import Completion, Engine, Sampling
 from serving.keys import ApiKey
@@ -24,7 +25,8 @@ from serving.limits import RateLimited, RateLimiter
 from serving.metrics import ServingMetrics
 from serving.models import LoadedModel, ModelHolder
 from serving.protocol import (
-    APIError, AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, ModelCard, ModelList, Usage,
+    APIError, AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, ModelCard, ModelList, PredictResponse,
+    Source, Usage,
 )
 from serving.settings import ServeSettings
 
@@ -65,10 +67,14 @@ class ChatHandler:
         current = self.model
         return ModelList(data=[ModelCard(id=current.name, version=current.version)])
 
-    def admit(self, key: ApiKey, messages: list[dict[str, str]], max_tokens: int) -> list[int]:
-        """The prompt's token ids, once it is within the limits and the key's rate."""
-        current = self.model
-        prompt_ids = encode_prompt(current.tokenizer, with_system_prompt(messages, current.system_prompt))
+    def admit(self, current: LoadedModel, key: ApiKey, messages: list[dict[str, str]], max_tokens: int
+              ) -> tuple[list[int], list[Source] | None]:
+        """The prompt's token ids, with the passages retrieved for it put into its newest
+        question when the model answers from passages, once it is within the limits and
+        the key's rate; and those passages as sources (None for a closed-book model)."""
+        passages = current.retrieve(messages)
+        messages = with_retrieved(with_system_prompt(messages, current.system_prompt), passages)
+        prompt_ids = encode_prompt(current.tokenizer, messages)
         if len(prompt_ids) > self.settings.max_prompt_tokens:
             raise APIError(400, f"the prompt has {len(prompt_ids)} tokens, over the limit of "
                            f"{self.settings.max_prompt_tokens}", param="messages", code="context_length_exceeded")
@@ -78,7 +84,8 @@ class ChatHandler:
         except RateLimited as exc:
             raise APIError(429, exc.message, "rate_limit_error", code="rate_limit_exceeded",
                            headers={"Retry-After": str(exc.retry_after)}) from None
-        return prompt_ids
+        sources = [Source(title=p.title, source=p.source, chunk_id=p.chunk_id, score=p.score) for p in passages]
+        return prompt_ids, sources if current.retriever is not None and current.top_k else None
 
     def settle(self, request: Request, key: ApiKey, messages: list[dict[str, str]], max_tokens: int,
                result: Completion) -> None:
@@ -97,13 +104,13 @@ class ChatHandler:
             )
             append_line(self.settings.conversation_log, record.model_dump_json())
 
-    async def predict(self, request: Request, key: ApiKey, text: str) -> Completion:
+    async def predict(self, request: Request, key: ApiKey, text: str) -> PredictResponse:
         messages = [{"role": "user", "content": text}]
         max_tokens = self.settings.max_new_tokens
-        prompt_ids = self.admit(key, messages, max_tokens)
+        prompt_ids, sources = self.admit(self.model, key, messages, max_tokens)
         result = await unless_disconnected(request, self.engine.complete(prompt_ids, Sampling(max_tokens)))
         self.settle(request, key, messages, max_tokens, result)
-        return result
+        return PredictResponse(output_text=result.text, model_version=result.version, sources=sources)
 
     async def chat(self, request: Request, key: ApiKey, body: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:
         """The completion, or for a streaming request the server-sent events."""
@@ -113,14 +120,14 @@ class ChatHandler:
                            param="model", code="model_not_found")
         messages = [m.model_dump() for m in body.messages]
         max_tokens = body.max_completion_tokens or body.max_tokens or self.settings.max_new_tokens
-        prompt_ids = self.admit(key, messages, max_tokens)
+        prompt_ids, sources = self.admit(current, key, messages, max_tokens)
         sampling = Sampling(max_tokens, body.temperature, body.top_p, body.stop_sequences(), body.seed)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": current.name,
                 "system_fingerprint": f"v{current.version}" if current.version else None}
         if not body.stream:
             result = await unless_disconnected(request, self.engine.complete(prompt_ids, sampling))
             self.settle(request, key, messages, max_tokens, result)
-            return ChatCompletion(**head, usage=usage(result), choices=[
+            return ChatCompletion(**head, usage=usage(result), sources=sources, choices=[
                 Choice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)
             ])
         include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -132,7 +139,10 @@ class ChatHandler:
             return event({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
         async def events() -> AsyncIterator[str]:
-            yield chunk({"role": "assistant", "content": ""})
+            # The sources come first, so a client can show them while the answer streams.
+            first = {"role": "assistant", "content": ""}
+            yield event({"choices": [{"index": 0, "delta": first, "finish_reason": None}]}
+                        | ({"sources": [s.model_dump() for s in sources]} if sources is not None else {}))
             try:
                 # aclosing: a client that disconnects closes the stream now, which stops generation.
                 async with contextlib.aclosing(self.engine.stream(prompt_ids, sampling)) as items:

@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from qaforge.config import InferenceOptions
+from qaforge.prompting import last_question
+from qaforge.records import Passage
+from qaforge.retrieval import Retriever
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,14 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     system_prompt: str | None
+    retriever: Retriever | None = None  # the index logged with the model, when it answers from passages
+    top_k: int = 0
+
+    def retrieve(self, messages: list[dict[str, str]]) -> list[Passage]:
+        """The passages for the conversation's newest question, if this model answers from passages."""
+        if self.retriever is None or not self.top_k:
+            return []
+        return self.retriever.search(last_question(messages), self.top_k)
 
 
 def registry_version(uri: str) -> str | None:
@@ -57,7 +68,7 @@ def load_model(uri: str, options: InferenceOptions | None = None) -> LoadedModel
     from qaforge.mlflow_model import load_qa_model
 
     qa = load_qa_model(f"models:/{model_name(uri)}/{version}", options)
-    return LoadedModel(uri, model_name(uri), version, qa.model, qa.tokenizer, qa.system_prompt)
+    return LoadedModel(uri, model_name(uri), version, qa.model, qa.tokenizer, qa.system_prompt, qa.retriever, qa.top_k)
 
 
 class ModelHolder:

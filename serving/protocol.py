@@ -100,6 +100,21 @@ class Choice(BaseModel):
     finish_reason: Literal["stop", "length"]
 
 
+class Source(BaseModel):
+    """A passage the answer was given to work from."""
+
+    title: str
+    source: str = Field(description="The page's URL or the file's path.")
+    chunk_id: str
+    score: float = Field(description="BM25 score for the question.")
+
+
+SOURCES_DESCRIPTION = (
+    "qaforge's addition: the passages retrieved for the question, best first, when the model answers from "
+    "passages (null otherwise). OpenAI clients keep unknown fields, so they work unchanged."
+)
+
+
 class ChatCompletion(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -108,6 +123,7 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None
     choices: list[Choice]
     usage: Usage
+    sources: list[Source] | None = Field(default=None, description=SOURCES_DESCRIPTION)
 
 
 class ModelCard(BaseModel):
@@ -126,6 +142,7 @@ class ModelList(BaseModel):
 class PredictResponse(BaseModel):
     output_text: str
     model_version: str | None
+    sources: list[Source] | None = Field(default=None, description=SOURCES_DESCRIPTION)
 
 
 class Health(BaseModel):
