@@ -21,7 +21,11 @@ def default_config(path: Path = REPO / "configs" / "default.yaml") -> QAForgeCon
     """A run config (configs/default.yaml unless given) with its relative paths taken
     from the repository root."""
     cfg = load_config(path)
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"cache_dir": REPO / cfg.model.cache_dir})})
+    gold = [g.model_copy(update={"path": REPO / g.path}) for g in cfg.evaluation.gold]
+    return cfg.model_copy(update={
+        "model": cfg.model.model_copy(update={"cache_dir": REPO / cfg.model.cache_dir}),
+        "evaluation": cfg.evaluation.model_copy(update={"gold": gold}),
+    })
 
 
 def default_chunks(cfg: QAForgeConfig) -> ChunkSet:

@@ -68,8 +68,13 @@ def info(config_path: Path) -> None:
         return
     click.echo(f"Production model:    models:/{cfg.registry.model_name}@{cfg.registry.alias} = v{version.version}")
     metrics = model_registry().mlflow_client.get_run(version.run_id).data.metrics
-    for name in sorted(m for m in metrics if m.startswith("eval/")):
-        click.echo(f"  {name:<40} {metrics[name]:.4f}")
+    # The primary metric of every system on every question set, its gains, and retrieval recall;
+    # the MLflow UI has the rest.
+    primary = cfg.evaluation.primary_metric
+    shown = [m for m in metrics if m.startswith("eval/")
+             and (m.rpartition("/")[2].startswith(primary) or m.endswith("retrieval_recall"))]
+    for name in sorted(shown):
+        click.echo(f"  {name:<56} {metrics[name]:.4f}")
 
 
 @main.command()
