@@ -187,8 +187,9 @@ class ModelLabel(StrEnum):
     CANDIDATE = "candidate"
     BASE = "base"
     PRODUCTION = "production"
-    CANDIDATE_RETRIEVAL = "candidate+retrieval"
-    BASE_RETRIEVAL = "base+retrieval"
+    # Also MLflow metric names (eval/<label>/<metric>), which allow no "+".
+    CANDIDATE_RETRIEVAL = "candidate_retrieval"
+    BASE_RETRIEVAL = "base_retrieval"
 
     @property
     def retrieval(self) -> bool:
