@@ -73,7 +73,7 @@ class ChatHandler:
         question when the model answers from passages, once it is within the limits and
         the key's rate; and those passages as sources (None for a closed-book model)."""
         passages = current.retrieve(messages)
-        messages = with_retrieved(with_system_prompt(messages, current.system_prompt), passages)
+        messages = with_retrieved(with_system_prompt(messages, current.system_prompt), passages or [])
         prompt_ids = encode_prompt(current.tokenizer, messages)
         if len(prompt_ids) > self.settings.max_prompt_tokens:
             raise APIError(400, f"the prompt has {len(prompt_ids)} tokens, over the limit of "
@@ -84,8 +84,9 @@ class ChatHandler:
         except RateLimited as exc:
             raise APIError(429, exc.message, "rate_limit_error", code="rate_limit_exceeded",
                            headers={"Retry-After": str(exc.retry_after)}) from None
-        sources = [Source(title=p.title, source=p.source, chunk_id=p.chunk_id, score=p.score) for p in passages]
-        return prompt_ids, sources if current.retriever is not None and current.top_k else None
+        if passages is None:
+            return prompt_ids, None
+        return prompt_ids, [Source(title=p.title, source=p.source, chunk_id=p.chunk_id, score=p.score) for p in passages]
 
     def settle(self, request: Request, key: ApiKey, messages: list[dict[str, str]], max_tokens: int,
                result: Completion) -> None:

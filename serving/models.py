@@ -29,10 +29,10 @@ class LoadedModel:
     retriever: Retriever | None = None  # the index logged with the model, when it answers from passages
     top_k: int = 0
 
-    def retrieve(self, messages: list[dict[str, str]]) -> list[Passage]:
-        """The passages for the conversation's newest question, if this model answers from passages."""
+    def retrieve(self, messages: list[dict[str, str]]) -> list[Passage] | None:
+        """The passages for the conversation's newest question; None for a closed-book model."""
         if self.retriever is None or not self.top_k:
-            return []
+            return None
         return self.retriever.search(last_question(messages), self.top_k)
 
 

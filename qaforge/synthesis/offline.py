@@ -101,8 +101,8 @@ def _definition(sentence: str) -> tuple[Phrasings, str] | None:
     return (f"What {verb} {term}?", f"What is meant by {term}?", f"Can you explain what {term} {verb}?"), sentence
 
 
-def _fact_parts(sentence: str) -> tuple[str, str, str] | None:
-    """(subject, auxiliary, base verb) of a subject-verb fact sentence."""
+def _fact_parts(sentence: str) -> tuple[str, str, str, str] | None:
+    """(subject, auxiliary, base verb, verb as written) of a subject-verb fact sentence."""
     words = sentence.rstrip(".").split()
     for i, word in enumerate(words[1:8], start=1):
         base = FACT_VERBS.get(word)
@@ -117,15 +117,14 @@ def _fact_parts(sentence: str) -> tuple[str, str, str] | None:
             or NOT_IN_SUBJECT & {w.lower() for w in words[:i]}
         ):
             return None
-        return subject, "does" if word != base else "do", base
+        return subject, "does" if word != base else "do", base, word
     return None
 
 
 def _fact(sentence: str) -> tuple[Phrasings, str] | None:
     if parts := _fact_parts(sentence):
-        subject, auxiliary, base = parts
+        subject, auxiliary, base, verb = parts
         subject = _lower_first(subject)
-        verb = sentence.rstrip(".").split()[len(parts[0].split())]
         return (f"What {auxiliary} {subject} {base}?", f"Do you know what {subject} {verb}?",
                 f"Can you tell me what {subject} {verb}?"), sentence
     return None
@@ -151,7 +150,7 @@ def follow_ups_for_chunk(chunk: Chunk) -> list[tuple[str, str, Turn]]:
             auxiliary = "does" if words[0] == "It" else "do"
             found.append((f"What {auxiliary} {words[0].lower()} {FACT_VERBS[words[1]]}?", sentence, previous))
         elif (parts := _fact_parts(sentence)) and (first := defined.get(_without_article(parts[0]))):
-            _, auxiliary, base = parts
+            _, auxiliary, base, _ = parts
             pronoun = "it" if auxiliary == "does" else "they"
             found.append((f"What {auxiliary} {pronoun} {base}?", sentence, first))
         previous = None
