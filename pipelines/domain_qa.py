@@ -11,7 +11,7 @@ from typing import Any
 
 from zenml import Model, pipeline
 
-from qaforge.config import validate_config
+from qaforge.config import config_digest, validate_config
 from qaforge.logs import quiet_libraries
 from steps.chunk import chunk_step
 from steps.evaluate import evaluate_step
@@ -29,11 +29,12 @@ def domain_qa_pipeline(config: dict[str, Any]) -> None:
     # before any step runs.
     cfg = validate_config(config)
     quiet_libraries(cfg.verbose)
-    corpus, _ = ingest_step(cfg.sources)
+    corpus, _, fingerprint = ingest_step(cfg.sources)
     chunks = chunk_step(corpus, cfg.chunking, cfg.model)
     index = index_step(chunks)
     data = synthesize_step(chunks, cfg.synthesis, cfg.prompt)
     trained = train_step(data, index, cfg.model, cfg.training, cfg.prompt, cfg.retrieval)
     report = evaluate_step(data, trained, index, cfg.model, cfg.prompt, cfg.retrieval, cfg.evaluation, cfg.registry)
-    registered = register_step(trained, cfg.registry)
+    # Tagged with what it was trained from, for `qaforge sources-changed`.
+    registered = register_step(trained, cfg.registry, fingerprint, config_digest(cfg))
     promote_step(report, registered, cfg.evaluation, cfg.registry)

@@ -23,16 +23,69 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--stack", default="qaforge", show_default=True)
+@click.option("--stack", help="Default: qaforge, or qaforge-shared with --tracking-uri.")
+@click.option("--tracking-uri", help="A team's MLflow tracking server (http[s]://...); default: a local store.")
 @config_option
-def setup(stack: str, config_path: Path) -> None:
+def setup(stack: str | None, tracking_uri: str | None, config_path: Path) -> None:
     """Create and activate the ZenML stack (idempotent) and cache the base model."""
     from qaforge.modeling import resolve_base_model
     from qaforge.stack import setup_stack
 
     cfg = _load(config_path)
-    click.echo(f"ZenML stack '{setup_stack(stack)}' is active (MLflow tracker + model registry).")
+    if tracking_uri is not None and not tracking_uri.startswith(("http://", "https://")):
+        click.echo(f"--tracking-uri must be an http(s) URL of an MLflow server, not '{tracking_uri}'", err=True)
+        sys.exit(2)
+    name = setup_stack(stack or ("qaforge-shared" if tracking_uri else "qaforge"), tracking_uri=tracking_uri)
+    where = f"MLflow server {tracking_uri}" if tracking_uri else "local MLflow store"
+    click.echo(f"ZenML stack '{name}' is active (MLflow tracker + model registry on the {where}).")
     click.echo(f"Base model ready at {resolve_base_model(cfg.model)}")
+
+
+@main.command("sources-changed")
+@config_option
+def sources_changed(config_path: Path) -> None:
+    """Exit 0 if a run could train something new: the sources (fetched and hashed, not
+    converted) or the config differ from those of the newest registered version in the
+    tracking server. Exit 1 if nothing changed, 2 on an error."""
+    from mlflow.exceptions import MlflowException
+
+    from qaforge.config import config_digest
+    from qaforge.ingest import fingerprint
+    from qaforge.registry import what_changed
+    from qaforge.tracking import StackError
+
+    cfg = _load(config_path)
+    try:
+        reasons = what_changed(cfg.registry.model_name, fingerprint(cfg.sources), config_digest(cfg))
+    except (StackError, MlflowException) as exc:
+        click.echo(f"Cannot compare with the tracking server: {exc}", err=True)
+        sys.exit(2)
+    if not reasons:
+        click.echo(f"Unchanged: the sources and the config are those of the newest version of "
+                   f"'{cfg.registry.model_name}'.")
+        sys.exit(1)
+    click.echo("Changed: " + "; ".join(reasons) + ".")
+
+
+@main.command()
+@config_option
+@click.option("--version", "version", help="Model version; default: the newest registered one.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write the report into.")
+def report(config_path: Path, version: str | None, out: Path) -> None:
+    """Fetch the evaluation report of a model version from the tracking server."""
+    from qaforge.registry import latest_version
+    from qaforge.tracking import model_registry
+
+    cfg = _load(config_path)
+    name = cfg.registry.model_name
+    client = model_registry().mlflow_client
+    found = client.get_model_version(name, version) if version else latest_version(name)
+    if found is None:
+        click.echo(f"No version of '{name}' is registered.", err=True)
+        sys.exit(1)
+    out.mkdir(parents=True, exist_ok=True)
+    path = client.download_artifacts(found.run_id, "report", str(out))
+    click.echo(f"Evaluation report of {name} v{found.version}: {path}")
 
 
 @main.command()

@@ -578,7 +578,19 @@ def load_config(path: str | Path) -> QAForgeConfig:
     return validate_config(raw, where=f"{path}: parameters.config")
 
 
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def config_hash(model: BaseModel) -> str:
     """Stable short hash of a config section, for provenance and work-dir keys."""
-    payload = json.dumps(model.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return _digest(model.model_dump(mode="json"))
+
+
+def config_digest(cfg: QAForgeConfig) -> str:
+    """What a trained and gated version depends on besides the sources' content: every
+    section but serving, leaving out where caches live and how much is logged."""
+    data = cfg.model_dump(mode="json", exclude={"cache_dir", "serving", "verbose"})
+    for section, key in CACHE_DIRS:
+        data[section].pop(key, None)
+    return _digest(data)

@@ -75,13 +75,21 @@ def document_id(source: str, root: Path | None) -> str:
 class _Collector:
     """Builds Documents, reusing the previous run's for unchanged inputs."""
 
-    def __init__(self, sources: SourcesConfig, state: IngestState) -> None:
+    def __init__(self, sources: SourcesConfig, state: IngestState, convert: bool = True) -> None:
         self.sources = sources
         self.state = state
+        self.convert = convert
         self.root = local_root(sources)
         self.pdf_mode = "standard" if standard_pdf_available(sources.pdf_artifacts_path) else "native"
         self.documents: dict[str, tuple[str, Document]] = {}
         self.failures: list[IngestFailure] = []
+        # document id -> conversion input key of every input fetched, converted or not
+        self.inputs: dict[str, str] = {}
+
+    def fingerprint(self) -> str:
+        """The inputs as fetched, by document id, so a checkout elsewhere gets the same."""
+        lines = "\n".join(f"{doc_id}\t{key}" for doc_id, key in sorted(self.inputs.items()))
+        return hashlib.sha256(lines.encode()).hexdigest()
 
     def add(
         self,
@@ -94,6 +102,9 @@ class _Collector:
     ) -> None:
         key = hashlib.sha256(f"{input_hash}|{self.pdf_mode}".encode()).hexdigest()
         doc_id = document_id(source, self.root)
+        self.inputs[doc_id] = key
+        if not self.convert:
+            return
         if (doc := self.state.reusable(source, key)) is not None:
             doc = doc.model_copy(update={"doc_id": doc_id})
         else:
@@ -186,9 +197,9 @@ def _add_site(collector: _Collector, pages: list[FetchedPage], max_bytes: int) -
         )
 
 
-def ingest(sources: SourcesConfig) -> tuple[Corpus, IngestReport]:
-    state = IngestState.for_sources(sources)
-    collector = _Collector(sources, state)
+def _collect(collector: _Collector) -> None:
+    """Fetch every source and hand each input to the collector."""
+    sources = collector.sources
     max_bytes = int(sources.max_file_mb * 2**20)
     downloads = Path(tempfile.mkdtemp(prefix="qaforge-downloads-"))
     try:
@@ -210,6 +221,21 @@ def ingest(sources: SourcesConfig) -> tuple[Corpus, IngestReport]:
             lambda path=path: convert_path(path, max_bytes, sources.pdf_artifacts_path),
             f"docling-{path.suffix.lstrip('.').lower()}",
         )
+
+
+def fingerprint(sources: SourcesConfig) -> str:
+    """What `ingest` would record as the sources' fingerprint, from fetching and hashing
+    alone: nothing is converted, so it is cheap next to a run. A source that cannot be
+    fetched counts as gone."""
+    collector = _Collector(sources, IngestState.for_sources(sources), convert=False)
+    _collect(collector)
+    return collector.fingerprint()
+
+
+def ingest(sources: SourcesConfig) -> tuple[Corpus, IngestReport]:
+    state = IngestState.for_sources(sources)
+    collector = _Collector(sources, state)
+    _collect(collector)
 
     # A source that failed this time keeps its earlier document: nothing done is lost.
     for failure in collector.failures:
@@ -233,6 +259,7 @@ def ingest(sources: SourcesConfig) -> tuple[Corpus, IngestReport]:
         failures=collector.failures,
         duplicates=duplicates,
         changes=changes,
+        fingerprint=collector.fingerprint(),
         notes=[NATIVE_PDF_NOTE] if collector.pdf_mode == "native" else [],
     )
     for failure in report.failures:

@@ -79,6 +79,8 @@ class IngestReport(BaseModel):
     failures: list[IngestFailure] = Field(default_factory=list)
     duplicates: list[Duplicate] = Field(default_factory=list)
     changes: SourceChanges = Field(default_factory=SourceChanges)
+    fingerprint: str = Field(default="", description="Hash of every input fetched, as `qaforge sources-changed` "
+                             "computes it: equal fingerprints, nothing to retrain for.")
     notes: list[str] = Field(default_factory=list, description="e.g. the PDF pipeline fallback.")
 
     def failure_counts(self) -> dict[str, int]:

@@ -5,6 +5,7 @@ and the ZenML model stage."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from zenml.enums import ModelStages
 from zenml.model_registries.base_model_registry import ModelRegistryModelMetadata
@@ -19,13 +20,20 @@ from qaforge.tracking import StackError, model_registry, version_by_alias
 log = logging.getLogger(__name__)
 
 
-def register(trained: TrainedModel, cfg: RegistryConfig, run_name: str | None = None) -> RegisteredModel:
+# Version tags: what a version was trained from, for `qaforge sources-changed`.
+SOURCES_TAG = "sources_fingerprint"
+CONFIG_TAG = "config_digest"
+
+
+def register(trained: TrainedModel, cfg: RegistryConfig, run_name: str | None = None,
+             sources_fingerprint: str = "", config_digest: str = "") -> RegisteredModel:
     version = model_registry().register_model_version(
         name=cfg.model_name,
         model_source_uri=trained.model_uri,
         description=f"{trained.method} fine-tune, {trained.steps} steps, train loss {trained.train_loss:.4f}",
         metadata=ModelRegistryModelMetadata(
-            zenml_run_name=run_name, mlflow_run_id=trained.mlflow_run_id
+            zenml_run_name=run_name, mlflow_run_id=trained.mlflow_run_id,
+            **{SOURCES_TAG: sources_fingerprint, CONFIG_TAG: config_digest},
         ),
     )
     return RegisteredModel(
@@ -63,6 +71,27 @@ def general_drop(report: EvalReport) -> float | None:
         return None
     return (report.metrics[report.baseline]["general_accuracy"]
             - report.metrics[report.gated]["general_accuracy"])
+
+
+def latest_version(name: str) -> Any | None:
+    """The newest MLflow version of model `name`, promoted or not; None if there is none."""
+    versions = model_registry().mlflow_client.search_model_versions(f"name = '{name}'")
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def what_changed(name: str, sources_fingerprint: str, config_digest: str) -> list[str]:
+    """Why a retrain could give something new since the newest version of `name`: its
+    sources or its config differ, or there is no version to compare with. Empty: nothing
+    changed. Compared with the tracking server, so any machine gets the same answer."""
+    latest = latest_version(name)
+    if latest is None:
+        return [f"no version of '{name}' is registered yet"]
+    reasons = []
+    if latest.tags.get(SOURCES_TAG) != sources_fingerprint:
+        reasons.append(f"the sources differ from those v{latest.version} was trained on")
+    if latest.tags.get(CONFIG_TAG) != config_digest:
+        reasons.append(f"the config differs from the one v{latest.version} was trained with")
+    return reasons
 
 
 def registered_version(uri: str | None) -> str | None:

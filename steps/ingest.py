@@ -39,7 +39,9 @@ def log_ingest_report(report: IngestReport) -> None:
 @step(enable_cache=False, experiment_tracker=True)
 def ingest_step(
     sources: SourcesConfig,
-) -> tuple[Annotated[Corpus, "corpus"], Annotated[IngestReport, "ingest_report"]]:
+) -> tuple[
+    Annotated[Corpus, "corpus"], Annotated[IngestReport, "ingest_report"], Annotated[str, "sources_fingerprint"]
+]:
     corpus, report = ingest(sources)
     log_ingest_report(report)
-    return corpus, report
+    return corpus, report, report.fingerprint

@@ -10,8 +10,10 @@ from qaforge.registry import register
 
 
 @step(experiment_tracker=True)
-def register_step(trained: TrainedModel, registry: RegistryConfig) -> RegisteredModel:
-    registered = register(trained, registry, get_step_context().pipeline_run.name)
+def register_step(
+    trained: TrainedModel, registry: RegistryConfig, sources_fingerprint: str, config_digest: str
+) -> RegisteredModel:
+    registered = register(trained, registry, get_step_context().pipeline_run.name, sources_fingerprint, config_digest)
     log_metadata(
         {"mlflow_model": registered.name, "mlflow_version": registered.version},
         infer_model=True,

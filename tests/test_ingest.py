@@ -16,7 +16,7 @@ from qaforge.config import SourcesConfig
 from qaforge.sources.cleaning import normalize_text, remove_blocks, repeated_blocks, strip_chrome
 from qaforge.sources.web import serve_directory
 from qaforge.chunking import chunk_corpus
-from qaforge.ingest import ingest
+from qaforge.ingest import fingerprint, ingest
 
 from conftest import SAMPLE
 from fixture_site import FixtureSite
@@ -103,6 +103,9 @@ def test_rerun_reuses_unchanged_and_reports_changes(site: FixtureSite, tmp_path:
 
         second, report = ingest(sources)
         assert second == first, "nothing changed: an identical corpus (so ZenML's cache hits)"
+        # The cheap check, which fetches without converting, agrees with the run.
+        unchanged = fingerprint(sources)
+        assert report.fingerprint == unchanged and len(unchanged) == 64
         assert report.changes.counts()["unchanged"] == len(first.documents) + len(report.duplicates)
         assert not report.changes.any
         chunk_corpus(second, tokenizer, 128, chunks_dir)
@@ -115,7 +118,9 @@ def test_rerun_reuses_unchanged_and_reports_changes(site: FixtureSite, tmp_path:
 
         site.changing_text = "The changing page now says the tariff is 25 cents per kilowatt-hour at peak."
         del site.routes["/b"]
+        edited = fingerprint(sources)
         third, report = ingest(sources)
+    assert edited == report.fingerprint != unchanged, "an edited page (and a vanished one) is a change"
     base_changes = {k: [s.removeprefix(base) for s in v] for k, v in report.changes.model_dump().items()}
     assert base_changes["changed"] == ["/changing"]
     assert base_changes["removed"] == []  # /b failed (404) this time: its earlier text is kept
@@ -245,11 +250,11 @@ def test_missing_source_is_named(tmp_path: Path) -> None:
 
 def test_document_ids_do_not_depend_on_where_the_project_lives(tmp_path: Path) -> None:
     """Two checkouts at different paths get the same ids, so the same split."""
-    ids = []
+    ids, fingerprints = [], []
     for checkout in (tmp_path / "a", tmp_path / "b" / "deeper"):
         shutil.copytree(SAMPLE / "site", checkout / "site")
         shutil.copy(SAMPLE / "docs" / "glossary.md", checkout / "glossary.md")
-        corpus, _ = ingest(
+        corpus, report = ingest(
             SourcesConfig(
                 web=[{"start": "levels.html", "serve_dir": checkout / "site", "max_depth": 0}],
                 files=[checkout / "glossary.md"],
@@ -257,7 +262,9 @@ def test_document_ids_do_not_depend_on_where_the_project_lives(tmp_path: Path) -
             )
         )
         ids.append({Path(d.source).relative_to(checkout).as_posix(): d.doc_id for d in corpus.documents})
+        fingerprints.append(report.fingerprint)
     assert ids[0] == ids[1] and set(ids[0]) == {"site/levels.html", "glossary.md"}
+    assert fingerprints[0] == fingerprints[1], "a runner's fresh checkout compares equal to the last run's"
     assert len(set(ids[0].values())) == 2
 
 
