@@ -1,8 +1,10 @@
-"""Serving under load: qaforge's API (dynamic batching) against a naive server (one
-request at a time, plain model.generate under a lock), both serving the base model
-on 127.0.0.1, at concurrency 1, 4, 8 and 16 with a fixed number of requests each.
+"""Serving under load: qaforge's API (continuous batching) against a naive server (one
+request at a time, plain model.generate under a lock) and, given a Python with
+llama-cpp-python[server], llama.cpp serving the same model exported to GGUF by
+`qaforge export` (the peer a user would pick for a small model on a CPU), all on
+127.0.0.1, at concurrency 1, 4, 8 and 16 with a fixed number of requests each.
 
-    python bench/serve.py [--requests 24] [--max-tokens 32]
+    python bench/serve.py [--requests 24] [--max-tokens 32] [--llama-python PATH] [--gguf-type f16]
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -90,13 +94,32 @@ def start(kind: str, model_dir: str, tokens: str = KEY) -> tuple[subprocess.Pope
     return process, f"http://127.0.0.1:{port}"
 
 
+def start_llama(python: str, model_dir: str, tensor_type: str, work: Path) -> tuple[subprocess.Popen, str]:
+    """llama-cpp-python's OpenAI server on the model exported to GGUF, with both cores and
+    the chat template from the GGUF, as a user would start it."""
+    from qaforge.export import GGUFType, write_gguf
+
+    gguf = write_gguf(Path(model_dir), work / f"model-{tensor_type}.gguf", GGUFType(tensor_type))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [python, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+         "--n_threads", str(os.cpu_count()), "--n_ctx", "2048", "--api_key", KEY],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
 def wait_ready(url: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + 180
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+            # llama-cpp-python's server has no /health; every server here answers /v1/models or /health.
+            if any(httpx.get(f"{url}{path}", headers={"Authorization": f"Bearer {KEY}"}, timeout=2).status_code == 200
+                   for path in ("/health", "/v1/models")):
                 return
         except httpx.TransportError:
             pass
@@ -138,6 +161,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=24)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--llama-python", default=os.environ.get("BENCH_LLAMA_PYTHON"),
+                        help="A Python with llama-cpp-python[server] installed (it builds llama.cpp from source).")
+    parser.add_argument("--gguf-type", default="f16", choices=["f32", "f16", "q8_0"])
     args = parser.parse_args()
     from qaforge.modeling import resolve_base_model
 
@@ -145,8 +171,13 @@ def main() -> None:
 
     model_dir = resolve_base_model(default_config().model)
     results: dict[str, dict[int, dict[str, float]]] = {}
-    for kind in ("qaforge", "naive"):
-        process, url = start(kind, model_dir)
+    kinds = ["qaforge", "naive"] + (["llama.cpp"] if args.llama_python else [])
+    work = Path(tempfile.mkdtemp(prefix="qaforge-bench-serve-"))
+    for kind in kinds:
+        if kind == "llama.cpp":
+            process, url = start_llama(args.llama_python, model_dir, args.gguf_type, work)
+        else:
+            process, url = start(kind, model_dir)
         try:
             wait_ready(url, process)
             asyncio.run(load(url, 1, 2, args.max_tokens))  # warm-up
@@ -154,15 +185,17 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
-    print(f"{args.requests} requests per level, max_tokens {args.max_tokens}, base model {Path(model_dir).name}")
-    header = f"{'conc':>4} | {'server':<8}{'req/s':>7}{'tok/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'errors':>7}"
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"{args.requests} requests per level, max_tokens {args.max_tokens}, base model {Path(model_dir).name}"
+          + (f", llama.cpp on a {args.gguf_type} GGUF" if args.llama_python else ", no llama.cpp (--llama-python)"))
+    header = f"{'conc':>4} | {'server':<10}{'req/s':>7}{'tok/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'errors':>7}"
     print(header + f" | {'req/s x naive':>13}")
     for c in args.concurrency:
-        for kind in ("qaforge", "naive"):
+        for kind in kinds:
             r = results[kind][c]
             naive = results["naive"][c]["rps"]
-            ratio = f"{r['rps'] / naive:>13.2f}" if kind == "qaforge" and naive else ""
-            print(f"{c:>4} | {kind:<8}{r['rps']:>7.2f}{r['tps']:>8.1f}{r['p50']:>9.0f}{r['p95']:>9.0f}"
+            ratio = f"{r['rps'] / naive:>13.2f}" if kind != "naive" and naive else ""
+            print(f"{c:>4} | {kind:<10}{r['rps']:>7.2f}{r['tps']:>8.1f}{r['p50']:>9.0f}{r['p95']:>9.0f}"
                   f"{r['errors']:>7} | {ratio}")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from qaforge.config import ConfigError, load_config
+from qaforge.export import GGUFType
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 config_option = click.option(
@@ -30,12 +31,17 @@ def setup(stack: str | None, tracking_uri: str | None, config_path: Path) -> Non
     """Create and activate the ZenML stack (idempotent) and cache the base model."""
     from qaforge.modeling import resolve_base_model
     from qaforge.stack import setup_stack
+    from qaforge.tracking import StackError
 
     cfg = _load(config_path)
     if tracking_uri is not None and not tracking_uri.startswith(("http://", "https://")):
         click.echo(f"--tracking-uri must be an http(s) URL of an MLflow server, not '{tracking_uri}'", err=True)
         sys.exit(2)
-    name = setup_stack(stack or ("qaforge-shared" if tracking_uri else "qaforge"), tracking_uri=tracking_uri)
+    try:
+        name = setup_stack(stack or ("qaforge-shared" if tracking_uri else "qaforge"), tracking_uri=tracking_uri)
+    except StackError as exc:
+        click.echo(f"Cannot set up the stack: {exc}", err=True)
+        sys.exit(2)
     where = f"MLflow server {tracking_uri}" if tracking_uri else "local MLflow store"
     click.echo(f"ZenML stack '{name}' is active (MLflow tracker + model registry on the {where}).")
     click.echo(f"Base model ready at {resolve_base_model(cfg.model)}")
@@ -177,6 +183,42 @@ def serve(config_path: Path, model_uri: str | None, host: str | None, port: int 
         click.echo(f"Cannot serve: {exc}", err=True)
         sys.exit(2)
     run_server(app, settings, host, port)
+
+
+@main.command()
+@config_option
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write hf/ and gguf/ into.")
+@click.option("--version", "version", help="Model version; default: the one at registry.alias.")
+@click.option("--model-uri", help="Any MLflow model URI or local model folder instead.")
+@click.option("--gguf-type", type=click.Choice([t.value for t in GGUFType]), default=GGUFType.F16.value,
+              show_default=True, help="Type of the GGUF's matrices.")
+@click.option("--gguf/--no-gguf", default=True, show_default=True)
+@click.option("--push-to-hub", "repo_id", help="Also upload the Hugging Face folder to this Hub repo (needs HF_TOKEN).")
+@click.option("--public", is_flag=True, help="Make a new Hub repo public (default: private).")
+def export(config_path: Path, out: Path, version: str | None, model_uri: str | None, gguf_type: str, gguf: bool,
+           repo_id: str | None, public: bool) -> None:
+    """Write a model version as a Hugging Face folder and a GGUF file with an Ollama Modelfile."""
+    from qaforge.export import export_model, push_to_hub
+    from qaforge.tracking import tracking_uri
+
+    cfg = _load(config_path)
+    name = cfg.registry.model_name
+    location = model_uri or (f"models:/{name}/{version}" if version else f"models:/{name}@{cfg.registry.alias}")
+    if not Path(location).is_dir():
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri())
+    try:
+        exported = export_model(location, out, GGUFType(gguf_type), gguf, name)
+    except ValueError as exc:
+        click.echo(f"Cannot export {location}: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"Hugging Face folder: {exported.hf_dir}")
+    if exported.gguf:
+        click.echo(f"GGUF:                {exported.gguf}")
+        click.echo(f"Ollama:              cd {exported.modelfile.parent} && ollama create {name} -f Modelfile")
+    if repo_id:
+        click.echo(f"Pushed to {push_to_hub(exported.hf_dir, repo_id, private=not public)}")
 
 
 @main.group()

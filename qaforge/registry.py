@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 from zenml.enums import ModelStages
-from zenml.model_registries.base_model_registry import ModelRegistryModelMetadata
 
 from qaforge.config import RegistryConfig
 from qaforge.evaluation import ModelRef
@@ -27,14 +26,24 @@ CONFIG_TAG = "config_digest"
 
 def register(trained: TrainedModel, cfg: RegistryConfig, run_name: str | None = None,
              sources_fingerprint: str = "", config_digest: str = "") -> RegisteredModel:
-    version = model_registry().register_model_version(
+    from mlflow.exceptions import MlflowException
+
+    client = model_registry().mlflow_client
+    try:
+        client.create_registered_model(cfg.model_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    # An MLflow 3 logged model (models:/<model id>) is registered with its id: a tracking
+    # server refuses the bare source (a local store accepts it), so ZenML's
+    # register_model_version, which passes no id, fails against one.
+    version = client.create_model_version(
         name=cfg.model_name,
-        model_source_uri=trained.model_uri,
+        source=trained.model_uri,
+        run_id=trained.mlflow_run_id,
         description=f"{trained.method} fine-tune, {trained.steps} steps, train loss {trained.train_loss:.4f}",
-        metadata=ModelRegistryModelMetadata(
-            zenml_run_name=run_name, mlflow_run_id=trained.mlflow_run_id,
-            **{SOURCES_TAG: sources_fingerprint, CONFIG_TAG: config_digest},
-        ),
+        tags={"zenml_run_name": run_name or "", SOURCES_TAG: sources_fingerprint, CONFIG_TAG: config_digest},
+        model_id=trained.model_uri.removeprefix("models:/") if trained.model_uri.startswith("models:/m-") else None,
     )
     return RegisteredModel(
         name=cfg.model_name,

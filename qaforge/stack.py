@@ -4,13 +4,22 @@ either on ZenML's local MLflow store or on a team's MLflow tracking server."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from zenml.client import Client
 from zenml.enums import StackComponentType
 
+from qaforge.tracking import StackError
+
 TRACKER = "mlflow_tracker"
 REGISTRY = "mlflow_registry"
+# Tracker setting -> the variable MLflow itself reads it from.
+CREDENTIALS = {
+    "tracking_username": "MLFLOW_TRACKING_USERNAME",
+    "tracking_password": "MLFLOW_TRACKING_PASSWORD",
+    "tracking_token": "MLFLOW_TRACKING_TOKEN",
+}
 
 
 def _ensure_component(client: Client, kind: StackComponentType, name: str, flavor: str,
@@ -24,10 +33,28 @@ def _ensure_component(client: Client, kind: StackComponentType, name: str, flavo
         client.update_stack_component(name, kind, configuration=configuration)
 
 
+def _credentials(client: Client, secret: str) -> dict[str, str]:
+    """MLflow's own variables for a server's credentials, kept as a ZenML secret that
+    the tracker refers to, so the stack's configuration holds no password."""
+    found = {key: os.environ[var] for key, var in CREDENTIALS.items() if os.environ.get(var)}
+    if set(found) not in ({"tracking_username", "tracking_password"}, {"tracking_token"}):
+        raise StackError(
+            "a tracking server needs credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, "
+            "or MLFLOW_TRACKING_TOKEN (only one of the two)"
+        )
+    try:
+        existing = client.get_secret(secret)
+    except KeyError:
+        client.create_secret(secret, values=found)
+    else:  # switched from a password to a token, say: the other one goes
+        client.update_secret(secret, add_or_update_values=found,
+                             remove_values=[k for k in existing.secret_values if k not in found])
+    return {key: f"{{{{{secret}.{key}}}}}" for key in found}
+
+
 def setup_stack(name: str = "qaforge", root: Path | None = None, tracking_uri: str | None = None) -> str:
-    """With `tracking_uri`, the tracker and the registry use that MLflow server; its
-    credentials come from MLflow's own variables (MLFLOW_TRACKING_USERNAME and
-    MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN), so none is stored in ZenML."""
+    """With `tracking_uri`, the tracker and the registry use that MLflow server, with
+    the credentials in MLflow's variables (see `_credentials`)."""
     root = root or Path.cwd()
     if Client.find_repository(root) is None:
         Client.initialize(root)
@@ -36,7 +63,7 @@ def setup_stack(name: str = "qaforge", root: Path | None = None, tracking_uri: s
     suffix = f"_{name}" if tracking_uri else ""
     tracker, registry = TRACKER + suffix, REGISTRY + suffix
     _ensure_component(client, StackComponentType.EXPERIMENT_TRACKER, tracker, "mlflow",
-                      {"tracking_uri": tracking_uri} if tracking_uri else {})
+                      {"tracking_uri": tracking_uri, **_credentials(client, f"{name}-mlflow")} if tracking_uri else {})
     _ensure_component(client, StackComponentType.MODEL_REGISTRY, registry, "mlflow", {})
     mlflow = {StackComponentType.EXPERIMENT_TRACKER: tracker, StackComponentType.MODEL_REGISTRY: registry}
     try:

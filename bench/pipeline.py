@@ -1,0 +1,74 @@
+"""What a rerun costs: the default pipeline cold, again with nothing changed, and again
+after one page of the site was edited, each after `qaforge sources-changed` (the check
+a scheduled retrain makes first), in a fresh project and ZenML store. The dequantized
+base model is shared with the repository's cache (a one-time set-up, not a run).
+
+    python bench/pipeline.py [--config configs/default.yaml] [--page index.html]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def timed(*args: str, cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:
+    start = time.perf_counter()
+    result = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True)
+    return time.perf_counter() - start, result.returncode, result.stdout + result.stderr
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
+    parser.add_argument("--page", default="index.html", help="The page of the served site to edit.")
+    args = parser.parse_args()
+
+    project = Path(tempfile.mkdtemp(prefix="qaforge-bench-pipeline-"))
+    shutil.copytree(REPO / "data", project / "data")
+    run_config = yaml.safe_load(args.config.read_text())
+    run_config["parameters"]["config"]["model"]["cache_dir"] = str(REPO / ".qaforge" / "models")
+    (project / "run.yaml").write_text(yaml.safe_dump(run_config))
+    site = Path(run_config["parameters"]["config"]["sources"]["web"][0]["serve_dir"])
+    env = os.environ | {"ZENML_CONFIG_PATH": str(project / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false",
+                        "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    _, code, out = timed("qaforge", "setup", "-c", "run.yaml", cwd=project, env=env)
+    assert code == 0, out
+
+    rows = []
+    for label in ("cold", "nothing changed", f"{args.page} edited"):
+        if label.endswith("edited"):
+            page = project / site / args.page
+            page.write_text(page.read_text().replace(
+                "</body>", "<p>From March, every public charger in the network accepts contactless payment.</p></body>"))
+        check_s, check_code, out = timed("qaforge", "sources-changed", "-c", "run.yaml", cwd=project, env=env)
+        assert check_code in (0, 1), out
+        run_s, code, out = timed("zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline",
+                                 "-c", "run.yaml", cwd=project, env=env)
+        assert code == 0, out[-4000:]
+        cached = len(set(re.findall(r"Using cached version of step (\w+)", out)))
+        rows.append((label, check_s, "changed" if check_code == 0 else "unchanged", run_s, cached))
+        print(f"{label}: sources-changed {check_s:.1f} s ({rows[-1][2]}), run {run_s:.1f} s, "
+              f"{cached} steps from the cache", flush=True)
+
+    cold = rows[0][3]
+    print(f"\n{'run':<22}{'sources-changed':>18}{'says':>11}{'run s':>9}{'cached steps':>14}{'of cold':>9}")
+    for label, check_s, says, run_s, cached in rows:
+        print(f"{label:<22}{check_s:>16.1f} s{says:>11}{run_s:>9.1f}{cached:>14}{run_s / cold:>9.1%}")
+    shutil.rmtree(project, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

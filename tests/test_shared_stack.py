@@ -1,0 +1,246 @@
+"""A team's shared stack, for real: a PostgreSQL server (pgserver), an `mlflow server`
+with basic auth on 127.0.0.1 backed by it, with its own artifact store, and a local
+ZenML server; `qaforge setup --tracking-uri` registers a stack on the ZenML server, one
+pipeline run goes through both, then what a scheduled retrain (on a runner with only the
+MLflow server) and a user do with its results: `qaforge sources-changed`, `qaforge
+report`, `qaforge serve` by alias and `qaforge export` of the promoted version to a
+Hugging Face folder and a GGUF."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+import yaml
+
+from conftest import REPO, SAMPLE
+from fixture_site import free_port, wait_for_health
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+TOKEN = "shared-stack-token"
+MODEL = "qaforge-shared"
+ADMIN_PASSWORD = "shared-stack-admin-pw"
+CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
+
+
+def _run(*args: str, cwd: Path, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> tuple[int, str]:
+    result = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, capture_output=True, text=True,
+                            timeout=1800, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode in ok, f"{' '.join(args)} exited {result.returncode}:\n{output[-6000:]}"
+    return result.returncode, output
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
+    server.psql("CREATE DATABASE mlflow;")
+    server.psql("CREATE DATABASE mlflow_auth;")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: ANN001
+    """MLflow's basic-auth app: users and runs both in PostgreSQL, artifacts proxied."""
+    artifacts = tmp_path_factory.mktemp("mlflow-artifacts")
+    auth_config = artifacts.parent / "basic_auth.ini"
+    auth_config.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = {postgres.get_uri('mlflow_auth')}\n"
+                           "admin_username = admin\n"
+                           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = artifacts.parent / "mlflow-server.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--app-name", "basic-auth",
+             "--backend-store-uri", postgres.get_uri("mlflow"),
+             "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"],
+            env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+                              "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                              "MLFLOW_FLASK_SERVER_SECRET_KEY": "shared-stack-test"},
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_health(url, server, log_path)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A user's project with its own copy of the sources (so a page can change) and its
+    own ZenML store: nothing is shared with the other end-to-end tests but the base model."""
+    root = tmp_path_factory.mktemp("shared-project")
+    # All sources inside the project, as in a checkout: their ids are relative to it.
+    shutil.copytree(SAMPLE / "site", root / "site")
+    shutil.copy(SAMPLE / "docs" / "fleet-depot-charging.docx", root)
+    run_config = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    run_config["model"]["name"] = MODEL
+    cfg = run_config["parameters"]["config"]
+    cfg["sources"]["web"][0]["serve_dir"] = "site"
+    cfg["sources"]["files"] = ["fleet-depot-charging.docx"]
+    cfg["model"] = {"cache_dir": str(REPO / ".qaforge" / "models")}
+    cfg["registry"]["model_name"] = MODEL
+    (root / "run.yaml").write_text(yaml.safe_dump(run_config))
+    env = os.environ | CREDENTIALS | {"ZENML_CONFIG_PATH": tempfile.mkdtemp(prefix="qaforge-zenml-shared-"),
+                                      "COLUMNS": "200", "ZENML_AUTO_OPEN_DASHBOARD": "false"}
+    return root, env
+
+
+@pytest.fixture(scope="module")
+def zenml_server(project) -> Iterator[str]:  # noqa: ANN001
+    """ZenML's local server (a daemon with its own database); the project's client logs in to it."""
+    root, env = project
+    port = free_port()
+    _run("zenml", "login", "--local", "--port", str(port), cwd=root, env=env)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _run("zenml", "logout", "--local", cwd=root, env=env)
+
+
+@pytest.fixture(scope="module")
+def trained(project, tracking_server: str, zenml_server: str) -> str:  # noqa: ANN001
+    root, env = project
+    _, setup = _run("qaforge", "setup", "-c", "run.yaml", "--tracking-uri", tracking_server, cwd=root, env=env)
+    assert f"MLflow server {tracking_server}" in setup
+    _run("zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline", "-c", "run.yaml", cwd=root, env=env)
+    return tracking_server
+
+
+def test_runs_and_versions_live_in_the_servers(postgres, project, trained: str,  # noqa: ANN001
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    anonymous = httpx.get(f"{trained}/api/2.0/mlflow/registered-models/search", timeout=30)
+    assert anonymous.status_code == 401, "the server asks for credentials"
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
+    client = mlflow.MlflowClient(trained)
+    version = client.get_model_version_by_alias(MODEL, "production")
+    assert version.version == "1"
+    assert len(version.tags["sources_fingerprint"]) == 64 and len(version.tags["config_digest"]) == 16
+    run = client.get_run(version.run_id)
+    assert run.data.metrics["eval/candidate/rougeL"] > run.data.metrics["eval/base/rougeL"]
+    # Stored in PostgreSQL, not in a local file: ask the database itself.
+    rows = postgres.psql(f"\\c mlflow\nSELECT name, version FROM model_versions WHERE name = '{MODEL}';")
+    assert MODEL in rows and "(1 row)" in rows
+    # The artifacts went through the server (proxied), not to a path on this machine.
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+    root, _ = project
+    assert not list(root.rglob("mlflow.db")), "nothing tracked locally"
+
+
+def test_stack_and_run_live_in_the_zenml_server(project, trained: str, zenml_server: str) -> None:  # noqa: ANN001
+    root, env = project
+    _, status = _run("zenml", "status", cwd=root, env=env)
+    assert f"Connected to the local ZenML server: {zenml_server}" in status
+    assert "The active stack is: 'qaforge-shared'" in status
+    _, runs = _run("python", "-c", "from zenml.client import Client\n"
+                   "for r in Client().list_pipeline_runs(): print(r.pipeline.name, r.status.value)", cwd=root, env=env)
+    assert runs.split() == ["domain_qa_pipeline", "completed"]
+    # The tracker refers to a ZenML secret: no password in the stack's configuration.
+    _, tracker = _run("zenml", "experiment-tracker", "describe", "mlflow_tracker_qaforge-shared", cwd=root, env=env)
+    assert ADMIN_PASSWORD not in tracker and "{{qaforge-shared-mlflow.tracking_password}}" in tracker
+
+
+def test_sources_changed_asks_the_tracking_server(project, trained: str, tmp_path: Path) -> None:  # noqa: ANN001
+    root, env = project
+    code, out = _run("qaforge", "sources-changed", "-c", "run.yaml", cwd=root, env=env, ok=(1,))
+    assert "Unchanged" in out
+    # A fresh runner: another checkout of the project, with a new ZenML store and no
+    # local state, compares equal all the same.
+    runner = tmp_path / "runner"
+    shutil.copytree(root, runner, ignore=shutil.ignore_patterns(".zen", ".qaforge"))
+    runner_env = env | {"ZENML_CONFIG_PATH": str(tmp_path / "zenml")}
+    _run("qaforge", "setup", "-c", "run.yaml", "--tracking-uri", trained, cwd=runner, env=runner_env)
+    _run("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(1,))
+
+    page = runner / "site" / "index.html"
+    page.write_text(page.read_text().replace("</main>", "<p>Depot chargers now run from 5 am to midnight.</p></main>"))
+    _, out = _run("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(0,))
+    assert "the sources differ from those v1 was trained on" in out
+
+    config = yaml.safe_load((runner / "run.yaml").read_text())
+    config["parameters"]["config"]["training"]["max_steps"] = 17
+    (runner / "run.yaml").write_text(yaml.safe_dump(config))
+    _, out = _run("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(0,))
+    assert "the config differs" in out
+
+    # No server to ask is an error (2), not "changed".
+    _run("qaforge", "setup", "-c", "run.yaml", "--tracking-uri", "http://127.0.0.1:9", cwd=runner, env=runner_env)
+    _run("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
+         ok=(2,))
+
+
+def test_report_comes_from_the_tracking_server(project, trained: str, tmp_path: Path) -> None:  # noqa: ANN001
+    root, env = project
+    _, out = _run("qaforge", "report", "-c", "run.yaml", "--out", str(tmp_path / "report"), cwd=root, env=env)
+    assert f"{MODEL} v1" in out
+    assert "rougeL" in (tmp_path / "report" / "report" / "report.md").read_text()
+
+
+def test_served_by_alias_from_the_tracking_server(project, trained: str) -> None:  # noqa: ANN001
+    root, env = project
+    port = free_port()
+    log_path = root / "serve.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [str(BIN / "qaforge"), "serve", "-c", "run.yaml", "--port", str(port)],
+            cwd=root, env=env | {"QAFORGE_API_TOKENS": TOKEN}, stdout=log, stderr=subprocess.STDOUT,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            health = wait_for_health(base, server, log_path).json()
+            assert health["version"] == "1" and health["model"] == f"models:/{MODEL}@production"
+            r = httpx.post(f"{base}/v1/chat/completions", timeout=120, headers={"Authorization": f"Bearer {TOKEN}"},
+                           json={"model": MODEL, "max_tokens": 16,
+                                 "messages": [{"role": "user", "content": "What is a charging depot?"}]})
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["message"]["content"].strip()
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def test_export_gives_the_same_greedy_answer_as_gguf(project, trained: str, tmp_path: Path) -> None:  # noqa: ANN001
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from qaforge.modeling import generate_answers
+    from qaforge.prompting import build_messages
+
+    root, env = project
+    out = tmp_path / "export"
+    # f32, so that the two must agree token for token; f16 and q8_0 round the weights.
+    _, printed = _run("qaforge", "export", "-c", "run.yaml", "--out", str(out), "--gguf-type", "f32",
+                      cwd=root, env=env)
+    gguf = out / "gguf" / f"{MODEL}-f32.gguf"
+    assert str(gguf) in printed
+    system_prompt = yaml.safe_load((root / "run.yaml").read_text())["parameters"]["config"]["prompt"]["system_prompt"]
+    modelfile = (out / "gguf" / "Modelfile").read_text()
+    assert modelfile.startswith(f"FROM ./{gguf.name}\n") and f'SYSTEM """{system_prompt}"""' in modelfile
+    assert '<|im_start|>{{ .Role }}' in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+    conversations = [build_messages(q, system_prompt) for q in
+                     ("What is a charging depot?", "How long does a fleet vehicle take to charge overnight?")]
+    answers = []
+    for folder, gguf_file in ((out / "hf", None), (gguf.parent, gguf.name)):
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left", **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **kwargs).eval()
+        answers.append(generate_answers(model, tokenizer, conversations, 32).answers)
+    assert answers[0] == answers[1] and all(a.strip() for a in answers[0])
