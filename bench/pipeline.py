@@ -58,7 +58,7 @@ def main() -> None:
         run_s, code, out = timed("zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline",
                                  "-c", "run.yaml", cwd=project, env=env)
         assert code == 0, out[-4000:]
-        cached = len(set(re.findall(r"Using cached version of step (\w+)", out)))
+        cached = len(set(re.findall(r"Using cached version of step `?(\w+)", out)))
         rows.append((label, check_s, "changed" if check_code == 0 else "unchanged", run_s, cached))
         print(f"{label}: sources-changed {check_s:.1f} s ({rows[-1][2]}), run {run_s:.1f} s, "
               f"{cached} steps from the cache", flush=True)
