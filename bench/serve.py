@@ -1,10 +1,11 @@
 """Serving under load: qaforge's API (continuous batching) against a naive server (one
 request at a time, plain model.generate under a lock) and, given a Python with
-llama-cpp-python[server], llama.cpp serving the same model exported to GGUF by
-`qaforge export` (the peer a user would pick for a small model on a CPU), all on
-127.0.0.1, at concurrency 1, 4, 8 and 16 with a fixed number of requests each.
+llama-cpp-python[server] or llama.cpp's llama-server binary, llama.cpp serving the same
+model exported to GGUF by `qaforge export` (the peer a user would pick for a small model
+on a CPU), all on 127.0.0.1, at concurrency 1, 4, 8 and 16 with a fixed number of requests each.
 
-    python bench/serve.py [--requests 24] [--max-tokens 32] [--llama-python PATH] [--gguf-type f16]
+    python bench/serve.py [--requests 24] [--max-tokens 32] [--llama-python PATH] [--llama-server PATH]
+                          [--gguf-type f16]
 """
 
 from __future__ import annotations
@@ -78,9 +79,7 @@ def naive_app_from_env():  # noqa: ANN201
 
 
 def start(kind: str, model_dir: str, tokens: str = KEY) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = os.environ | {
         "QAFORGE_MODEL_URI": model_dir, "QAFORGE_API_TOKENS": tokens, "QAFORGE_RELOAD_SECONDS": "0",
         "QAFORGE_REQUESTS_PER_MINUTE": "1000000", "QAFORGE_TOKENS_PER_MINUTE": "1000000000",
@@ -94,20 +93,25 @@ def start(kind: str, model_dir: str, tokens: str = KEY) -> tuple[subprocess.Pope
     return process, f"http://127.0.0.1:{port}"
 
 
-def start_llama(python: str, model_dir: str, tensor_type: str, work: Path) -> tuple[subprocess.Popen, str]:
-    """llama-cpp-python's OpenAI server on the model exported to GGUF, with both cores and
-    the chat template from the GGUF, as a user would start it."""
-    from qaforge.export import GGUFType, write_gguf
-
-    gguf = write_gguf(Path(model_dir), work / f"model-{tensor_type}.gguf", GGUFType(tensor_type))
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen(
-        [python, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-         "--n_threads", str(os.cpu_count()), "--n_ctx", "2048", "--api_key", KEY],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+        return s.getsockname()[1]
+
+
+def start_llama(kind: str, program: str, gguf: Path, parallel: int) -> tuple[subprocess.Popen, str]:
+    """llama.cpp on the model exported to GGUF, with both cores and the chat template from
+    the GGUF, as a user would start it: llama-cpp-python's OpenAI server (one request at a
+    time), or llama.cpp's own llama-server with a slot per concurrent request."""
+    port = free_port()
+    if kind == "llama-cpp-python":
+        command = [program, "-m", "llama_cpp.server", "--model", str(gguf), "--n_threads", str(os.cpu_count()),
+                   "--n_ctx", "2048", "--api_key", KEY]
+    else:
+        command = [program, "-m", str(gguf), "-t", str(os.cpu_count()), "--parallel", str(parallel),
+                   "-c", str(256 * parallel), "--api-key", KEY]
+    process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -163,6 +167,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--llama-python", default=os.environ.get("BENCH_LLAMA_PYTHON"),
                         help="A Python with llama-cpp-python[server] installed (it builds llama.cpp from source).")
+    parser.add_argument("--llama-server", default=os.environ.get("BENCH_LLAMA_SERVER"),
+                        help="llama.cpp's llama-server binary (cmake --build build --target llama-server).")
     parser.add_argument("--gguf-type", default="f16", choices=["f32", "f16", "q8_0"])
     args = parser.parse_args()
     from qaforge.modeling import resolve_base_model
@@ -171,11 +177,16 @@ def main() -> None:
 
     model_dir = resolve_base_model(default_config().model)
     results: dict[str, dict[int, dict[str, float]]] = {}
-    kinds = ["qaforge", "naive"] + (["llama.cpp"] if args.llama_python else [])
+    peers = {"llama-cpp-python": args.llama_python, "llama-server": args.llama_server}
+    kinds = ["qaforge", "naive"] + [kind for kind, program in peers.items() if program]
     work = Path(tempfile.mkdtemp(prefix="qaforge-bench-serve-"))
+    if kinds[2:]:
+        from qaforge.export import GGUFType, write_gguf
+
+        gguf = write_gguf(Path(model_dir), work / f"model-{args.gguf_type}.gguf", GGUFType(args.gguf_type))
     for kind in kinds:
-        if kind == "llama.cpp":
-            process, url = start_llama(args.llama_python, model_dir, args.gguf_type, work)
+        if kind in peers:
+            process, url = start_llama(kind, peers[kind], gguf, max(args.concurrency))
         else:
             process, url = start(kind, model_dir)
         try:
@@ -187,15 +198,15 @@ def main() -> None:
             process.wait(timeout=30)
     shutil.rmtree(work, ignore_errors=True)
     print(f"{args.requests} requests per level, max_tokens {args.max_tokens}, base model {Path(model_dir).name}"
-          + (f", llama.cpp on a {args.gguf_type} GGUF" if args.llama_python else ", no llama.cpp (--llama-python)"))
-    header = f"{'conc':>4} | {'server':<10}{'req/s':>7}{'tok/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'errors':>7}"
+          + (f", llama.cpp on a {args.gguf_type} GGUF" if kinds[2:] else ", no llama.cpp (--llama-python, --llama-server)"))
+    header = f"{'conc':>4} | {'server':<17}{'req/s':>7}{'tok/s':>8}{'p50 ms':>9}{'p95 ms':>9}{'errors':>7}"
     print(header + f" | {'req/s x naive':>13}")
     for c in args.concurrency:
         for kind in kinds:
             r = results[kind][c]
             naive = results["naive"][c]["rps"]
             ratio = f"{r['rps'] / naive:>13.2f}" if kind != "naive" and naive else ""
-            print(f"{c:>4} | {kind:<10}{r['rps']:>7.2f}{r['tps']:>8.1f}{r['p50']:>9.0f}{r['p95']:>9.0f}"
+            print(f"{c:>4} | {kind:<17}{r['rps']:>7.2f}{r['tps']:>8.1f}{r['p50']:>9.0f}{r['p95']:>9.0f}"
                   f"{r['errors']:>7} | {ratio}")
 
 

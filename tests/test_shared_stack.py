@@ -8,6 +8,7 @@ Hugging Face folder and a GGUF."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -44,6 +45,8 @@ def _run(*args: str, cwd: Path, env: dict[str, str], ok: tuple[int, ...] = (0,))
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     import pgserver
 
+    # Its exit hook logs after pytest has closed the output: only warnings, then.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="stop")
     server.psql("CREATE DATABASE mlflow;")
     server.psql("CREATE DATABASE mlflow_auth;")
