@@ -199,12 +199,13 @@ def export(config_path: Path, out: Path, version: str | None, model_uri: str | N
            repo_id: str | None, public: bool) -> None:
     """Write a model version as a Hugging Face folder and a GGUF file with an Ollama Modelfile."""
     from qaforge.export import export_model, push_to_hub
+    from qaforge.mlflow_model import is_mlflow_uri
     from qaforge.tracking import tracking_uri
 
     cfg = _load(config_path)
     name = cfg.registry.model_name
     location = model_uri or (f"models:/{name}/{version}" if version else f"models:/{name}@{cfg.registry.alias}")
-    if not Path(location).is_dir():
+    if is_mlflow_uri(location):
         import mlflow
 
         mlflow.set_tracking_uri(tracking_uri())

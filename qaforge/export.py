@@ -46,6 +46,8 @@ def fetch_model(location: str, work: Path) -> tuple[Path, str | None, Path | Non
 
     if not is_mlflow_uri(location):
         folder = Path(location)
+        if not folder.is_dir():
+            raise ValueError("neither an MLflow model URI (models:/, runs:/, mlflow-artifacts:/) nor a model folder")
         saved = json.loads((folder / QAFORGE_FILE).read_text()) if (folder / QAFORGE_FILE).exists() else {}
         return folder, saved.get("system_prompt"), None
     import mlflow

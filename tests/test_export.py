@@ -52,3 +52,9 @@ def test_other_architectures_are_refused_with_a_pointer(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not 'gpt2'.*convert_hf_to_gguf.py"):
         write_gguf(tmp_path / "gpt2", tmp_path / "x.gguf")
     assert not list(tmp_path.glob("*.gguf*")), "nothing half-written"
+
+
+def test_a_missing_model_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="neither an MLflow model URI .* nor a model folder"):
+        export_model(str(tmp_path / "no-such-model"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
