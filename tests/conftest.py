@@ -4,6 +4,8 @@ tests never touch the user's ZenML store, never send analytics, never download."
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -28,6 +30,16 @@ from qaforge.config import ModelConfig, SourcesConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
+BIN = Path(sys.executable).parent  # the CLIs installed beside this interpreter
+
+
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> str:
+    """Run one of the installed CLIs as a user would; its output, after checking its exit code."""
+    result = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, capture_output=True, text=True, timeout=1200,
+                            env=env if env is not None else os.environ | {"COLUMNS": "200"})
+    output = result.stdout + result.stderr
+    assert result.returncode in ok, f"{' '.join(args)} exited {result.returncode}:\n{output[-6000:]}"
+    return output
 
 
 @pytest.fixture(scope="session")

@@ -4,14 +4,12 @@ report fails the suite, with their own words."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import BIN, REPO
 
-BIN = Path(sys.executable).parent
 WORKFLOWS = sorted(str(p) for p in (REPO / ".github" / "workflows").glob("*.yml"))
 DOCKERFILES = sorted(str(p) for p in (REPO / "docker").glob("Dockerfile*"))
 

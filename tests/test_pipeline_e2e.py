@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,22 +17,12 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import REPO, SAMPLE
+from conftest import BIN, REPO, SAMPLE, run_cli
 from fixture_site import free_port, wait_for_health
 
 pytestmark = pytest.mark.e2e
 CACHED_STEPS = ["chunk_step", "index_step", "synthesize_step", "train_step", "evaluate_step", "register_step", "promote_step"]
 TOKEN = "test-token-123"
-BIN = Path(sys.executable).parent  # the CLIs installed beside this interpreter
-
-
-def _run(*args: str, cwd: Path) -> str:
-    result = subprocess.run(
-        [str(BIN / args[0]), *args[1:]], cwd=cwd, capture_output=True, text=True, timeout=1200, env=os.environ | {"COLUMNS": "200"}
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{output[-6000:]}"
-    return output
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +42,14 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def first_run(project: Path) -> str:
-    _run("qaforge", "setup", "-c", "run.yaml", cwd=project)
-    return _run(
+    run_cli("qaforge", "setup", "-c", "run.yaml", cwd=project)
+    return run_cli(
         "zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline", "-c", "run.yaml", cwd=project
     )
 
 
 def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
-    info = _run("qaforge", "info", "-c", "run.yaml", cwd=project)
+    info = run_cli("qaforge", "info", "-c", "run.yaml", cwd=project)
     tracking_uri = re.search(r"MLflow tracking URI: (\S+)", info)[1]
     assert "models:/qaforge-smoke@production = v1" in info
     client = mlflow.MlflowClient(tracking_uri)
@@ -96,7 +85,7 @@ def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
 
 
 def tracking_uri(project: Path) -> str:
-    info = _run("qaforge", "info", "-c", "run.yaml", cwd=project)
+    info = run_cli("qaforge", "info", "-c", "run.yaml", cwd=project)
     return re.search(r"MLflow tracking URI: (\S+)", info)[1]
 
 
@@ -120,7 +109,7 @@ def test_rollback_swaps_production_and_previous(project: Path, first_run: str) -
     client.set_registered_model_alias("qaforge-smoke", "previous", "1")
     client.set_registered_model_alias("qaforge-smoke", "production", second_version(client))
     try:
-        out = _run("qaforge", "rollback", "-c", "run.yaml", cwd=project)
+        out = run_cli("qaforge", "rollback", "-c", "run.yaml", cwd=project)
         assert "models:/qaforge-smoke@production = v1; @previous = v2" in out
         assert "ZenML model qaforge-smoke version 1 is in stage production" in out
         assert str(client.get_model_version_by_alias("qaforge-smoke", "production").version) == "1"
@@ -130,7 +119,7 @@ def test_rollback_swaps_production_and_previous(project: Path, first_run: str) -
 
 
 def test_second_run_is_served_from_cache(project: Path, first_run: str) -> None:
-    second = _run(
+    second = run_cli(
         "zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline", "-c", "run.yaml", cwd=project
     )
     # ingest always re-fetches; finding nothing changed, it lets every later step hit the cache
@@ -213,7 +202,7 @@ def test_retrained_candidate_is_gated_against_production(project: Path, first_ru
     run_config["parameters"]["config"]["training"]["seed"] = 7
     (project / "retrain.yaml").write_text(yaml.safe_dump(run_config))
     try:
-        _run("zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline", "-c", "retrain.yaml", cwd=project)
+        run_cli("zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline", "-c", "retrain.yaml", cwd=project)
         [latest] = client.search_model_versions("name='qaforge-smoke'", order_by=["version_number DESC"], max_results=1)
         run = client.get_run(latest.run_id)
         decision = json.loads(Path(client.download_artifacts(run.info.run_id, "promotion/decision.json")).read_text())

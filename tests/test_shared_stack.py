@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,23 +21,14 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import REPO, SAMPLE
+from conftest import BIN, REPO, SAMPLE, run_cli
 from fixture_site import free_port, wait_for_health
 
 pytestmark = pytest.mark.e2e
-BIN = Path(sys.executable).parent
 TOKEN = "shared-stack-token"
 MODEL = "qaforge-shared"
 ADMIN_PASSWORD = "shared-stack-admin-pw"
 CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
-
-
-def _run(*args: str, cwd: Path, env: dict[str, str], ok: tuple[int, ...] = (0,)) -> tuple[int, str]:
-    result = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, capture_output=True, text=True,
-                            timeout=1800, env=env)
-    output = result.stdout + result.stderr
-    assert result.returncode in ok, f"{' '.join(args)} exited {result.returncode}:\n{output[-6000:]}"
-    return result.returncode, output
 
 
 @pytest.fixture(scope="module")
@@ -110,19 +100,19 @@ def zenml_server(project) -> Iterator[str]:  # noqa: ANN001
     """ZenML's local server (a daemon with its own database); the project's client logs in to it."""
     root, env = project
     port = free_port()
-    _run("zenml", "login", "--local", "--port", str(port), cwd=root, env=env)
+    run_cli("zenml", "login", "--local", "--port", str(port), cwd=root, env=env)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        _run("zenml", "logout", "--local", cwd=root, env=env)
+        run_cli("zenml", "logout", "--local", cwd=root, env=env)
 
 
 @pytest.fixture(scope="module")
 def trained(project, tracking_server: str, zenml_server: str) -> str:  # noqa: ANN001
     root, env = project
-    _, setup = _run("qaforge", "setup", "-c", "run.yaml", "--tracking-uri", tracking_server, cwd=root, env=env)
+    setup = run_cli("qaforge", "setup", "-c", "run.yaml", "--tracking-uri", tracking_server, cwd=root, env=env)
     assert f"MLflow server {tracking_server}" in setup
-    _run("zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline", "-c", "run.yaml", cwd=root, env=env)
+    run_cli("zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline", "-c", "run.yaml", cwd=root, env=env)
     return tracking_server
 
 
@@ -149,49 +139,49 @@ def test_runs_and_versions_live_in_the_servers(postgres, project, trained: str, 
 
 def test_stack_and_run_live_in_the_zenml_server(project, trained: str, zenml_server: str) -> None:  # noqa: ANN001
     root, env = project
-    _, status = _run("zenml", "status", cwd=root, env=env)
+    status = run_cli("zenml", "status", cwd=root, env=env)
     assert f"Connected to the local ZenML server: {zenml_server}" in status
     assert "The active stack is: 'qaforge-shared'" in status
-    _, runs = _run("python", "-c", "from zenml.client import Client\n"
+    runs = run_cli("python", "-c", "from zenml.client import Client\n"
                    "for r in Client().list_pipeline_runs(): print(r.pipeline.name, r.status.value)", cwd=root, env=env)
     assert runs.split() == ["domain_qa_pipeline", "completed"]
     # The tracker refers to a ZenML secret: no password in the stack's configuration.
-    _, tracker = _run("zenml", "experiment-tracker", "describe", "mlflow_tracker_qaforge-shared", cwd=root, env=env)
+    tracker = run_cli("zenml", "experiment-tracker", "describe", "mlflow_tracker_qaforge-shared", cwd=root, env=env)
     assert ADMIN_PASSWORD not in tracker and "{{qaforge-shared-mlflow.tracking_password}}" in tracker
 
 
 def test_sources_changed_asks_the_tracking_server(project, trained: str, tmp_path: Path) -> None:  # noqa: ANN001
     root, env = project
-    code, out = _run("qaforge", "sources-changed", "-c", "run.yaml", cwd=root, env=env, ok=(1,))
+    out = run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=root, env=env, ok=(1,))
     assert "Unchanged" in out
     # A fresh runner: another checkout of the project, with a new ZenML store and no
     # local state, compares equal all the same.
     runner = tmp_path / "runner"
     shutil.copytree(root, runner, ignore=shutil.ignore_patterns(".zen", ".qaforge"))
     runner_env = env | {"ZENML_CONFIG_PATH": str(tmp_path / "zenml")}
-    _run("qaforge", "setup", "-c", "run.yaml", "--tracking-uri", trained, cwd=runner, env=runner_env)
-    _run("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(1,))
+    run_cli("qaforge", "setup", "-c", "run.yaml", "--tracking-uri", trained, cwd=runner, env=runner_env)
+    run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(1,))
 
     page = runner / "site" / "index.html"
     page.write_text(page.read_text().replace("</main>", "<p>Depot chargers now run from 5 am to midnight.</p></main>"))
-    _, out = _run("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(0,))
+    out = run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(0,))
     assert "the sources differ from those v1 was trained on" in out
 
     config = yaml.safe_load((runner / "run.yaml").read_text())
     config["parameters"]["config"]["training"]["max_steps"] = 17
     (runner / "run.yaml").write_text(yaml.safe_dump(config))
-    _, out = _run("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(0,))
+    out = run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(0,))
     assert "the config differs" in out
 
     # No server to ask is an error (2), not "changed".
-    _run("qaforge", "setup", "-c", "run.yaml", "--tracking-uri", "http://127.0.0.1:9", cwd=runner, env=runner_env)
-    _run("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
+    run_cli("qaforge", "setup", "-c", "run.yaml", "--tracking-uri", "http://127.0.0.1:9", cwd=runner, env=runner_env)
+    run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
          ok=(2,))
 
 
 def test_report_comes_from_the_tracking_server(project, trained: str, tmp_path: Path) -> None:  # noqa: ANN001
     root, env = project
-    _, out = _run("qaforge", "report", "-c", "run.yaml", "--out", str(tmp_path / "report"), cwd=root, env=env)
+    out = run_cli("qaforge", "report", "-c", "run.yaml", "--out", str(tmp_path / "report"), cwd=root, env=env)
     assert f"{MODEL} v1" in out
     assert "rougeL" in (tmp_path / "report" / "report" / "report.md").read_text()
 
@@ -229,7 +219,7 @@ def test_export_gives_the_same_greedy_answer_as_gguf(project, trained: str, tmp_
     root, env = project
     out = tmp_path / "export"
     # f32, so that the two must agree token for token; f16 and q8_0 round the weights.
-    _, printed = _run("qaforge", "export", "-c", "run.yaml", "--out", str(out), "--gguf-type", "f32",
+    printed = run_cli("qaforge", "export", "-c", "run.yaml", "--out", str(out), "--gguf-type", "f32",
                       cwd=root, env=env)
     gguf = out / "gguf" / f"{MODEL}-f32.gguf"
     assert str(gguf) in printed
