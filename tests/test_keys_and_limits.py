@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.engine import cut_at_stop
+from qaforge.generation import cut_at_stop
 from serving.keys import AuthError, KeyStore, create_key, hash_key, read_keys, revoke_key
 from serving.limits import Bucket, RateLimited, RateLimiter
 
