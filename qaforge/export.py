@@ -42,7 +42,10 @@ class Exported:
 def fetch_model(location: str, work: Path) -> tuple[Path, str | None, Path | None]:
     """The merged model folder, the trained system prompt and the retrieval index (if it
     answers from passages) of a logged qaforge model (any MLflow URI) or of a local folder."""
-    from qaforge.mlflow_model import is_mlflow_uri
+    from qaforge.served import (
+        INDEX_ARTIFACT, SYSTEM_PROMPT_KEY, TOP_K_KEY, WEIGHTS_ARTIFACT, artifact_location, is_mlflow_uri, logged_file,
+        logged_flavor,
+    )
 
     if not is_mlflow_uri(location):
         folder = Path(location)
@@ -50,15 +53,12 @@ def fetch_model(location: str, work: Path) -> tuple[Path, str | None, Path | Non
             raise ValueError("neither an MLflow model URI (models:/, runs:/, mlflow-artifacts:/) nor a model folder")
         saved = json.loads((folder / QAFORGE_FILE).read_text()) if (folder / QAFORGE_FILE).exists() else {}
         return folder, saved.get("system_prompt"), None
-    import mlflow
-    from mlflow.models import Model
-
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(work)))
-    flavor = Model.load(local).flavors["python_function"]
-    artifacts = {k: local / v["path"] for k, v in flavor.get("artifacts", {}).items()}
-    config = flavor.get("config") or {}
-    index = artifacts.get("index") if int(config.get("retrieval_top_k") or 0) else None
-    return artifacts["model_dir"], config.get("system_prompt"), index
+    where = artifact_location(location)
+    flavor = logged_flavor(where, work)
+    artifacts, config = flavor["artifacts"], flavor.get("config") or {}
+    index = (logged_file(where, artifacts[INDEX_ARTIFACT]["path"], work)
+             if INDEX_ARTIFACT in artifacts and int(config.get(TOP_K_KEY) or 0) else None)
+    return logged_file(where, artifacts[WEIGHTS_ARTIFACT]["path"], work), config.get(SYSTEM_PROMPT_KEY), index
 
 
 def write_hf_folder(model_dir: Path, out: Path, system_prompt: str | None, index: Path | None) -> Path:

