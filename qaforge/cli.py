@@ -80,11 +80,11 @@ def sources_changed(config_path: Path) -> None:
 def report(config_path: Path, version: str | None, out: Path) -> None:
     """Fetch the evaluation report of a model version from the tracking server."""
     from qaforge.registry import latest_version
-    from qaforge.tracking import model_registry
+    from qaforge.tracking import registry_client
 
     cfg = _load(config_path)
     name = cfg.registry.model_name
-    client = model_registry().mlflow_client
+    client = registry_client()
     found = client.get_model_version(name, version) if version else latest_version(name)
     if found is None:
         click.echo(f"No version of '{name}' is registered.", err=True)
@@ -104,36 +104,43 @@ def doctor(config_path: Path) -> None:
 
 
 @main.command("check-config")
-@click.argument("config_path", type=click.Path(path_type=Path))
+@config_option
 def check_config(config_path: Path) -> None:
-    """Validate a run config without running anything."""
-    _load(config_path)
-    click.echo(f"{config_path}: ok")
+    """Validate a run config without running anything: every key, and the checks
+    across sections (question sets, prompt and length budgets)."""
+    cfg = _load(config_path)
+    click.echo(f"{config_path}: ok; question sets: {', '.join(cfg.question_sets())}")
 
 
 @main.command()
 @config_option
 def info(config_path: Path) -> None:
     """Where to look: the MLflow store, its UI command and the production model."""
-    from qaforge.tracking import model_registry, tracking_uri, version_by_alias
+    from qaforge.records import EvalMetric
+    from qaforge.tracking import RegistryError, registry_client, tracking_uri, version_by_alias
 
     cfg = _load(config_path)
     uri = tracking_uri()
     click.echo(f"MLflow tracking URI: {uri}")
     click.echo(f"MLflow UI:           mlflow ui --backend-store-uri {uri} --port 5000")
-    version = version_by_alias(cfg.registry.model_name, cfg.registry.alias)
+    try:
+        version = version_by_alias(cfg.registry.model_name, cfg.registry.alias)
+    except RegistryError as exc:
+        click.echo(f"Cannot read the production model: {exc}", err=True)
+        sys.exit(2)
     if version is None:
         click.echo(f"No version of '{cfg.registry.model_name}' has alias @{cfg.registry.alias} yet.")
         return
     click.echo(f"Production model:    models:/{cfg.registry.model_name}@{cfg.registry.alias} = v{version.version}")
-    metrics = model_registry().mlflow_client.get_run(version.run_id).data.metrics
-    # The primary metric of every system on every question set, its gains, and retrieval recall;
-    # the MLflow UI has the rest.
+    run = registry_client().get_run(version.run_id)
+    click.echo(f"  gated on the {run.data.tags.get('eval.gate_set', '?')} set")
+    # The primary metric of every system on every question set, its gains, retrieval recall
+    # and the guard; the MLflow UI has the rest.
     primary = cfg.evaluation.primary_metric
-    shown = [m for m in metrics if m.startswith("eval/")
-             and (m.rpartition("/")[2].startswith(primary) or m.endswith("retrieval_recall"))]
-    for name in sorted(shown):
-        click.echo(f"  {name:<56} {metrics[name]:.4f}")
+    for name, value in sorted(run.data.metrics.items()):
+        key = EvalMetric.parse(name)
+        if key is not None and (key.metric.startswith(primary) or key.metric in ("recall", "general_accuracy")):
+            click.echo(f"  {name:<64} {value:.4f}")
 
 
 @main.command()
@@ -199,7 +206,7 @@ def export(config_path: Path, out: Path, version: str | None, model_uri: str | N
            repo_id: str | None, public: bool) -> None:
     """Write a model version as a Hugging Face folder and a GGUF file with an Ollama Modelfile."""
     from qaforge.export import export_model, push_to_hub
-    from qaforge.mlflow_model import is_mlflow_uri
+    from qaforge.served import is_mlflow_uri
     from qaforge.tracking import tracking_uri
 
     cfg = _load(config_path)

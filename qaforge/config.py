@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from enum import StrEnum
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qaforge.hardware import Device, Precision, Quantization
+from qaforge.records import RESERVED_SET_NAMES, QuestionSet
 
 # Shipped with qaforge: general QA (forgetting guard) and replay data.
 GENERAL_DATA = Path(__file__).resolve().parent / "data"
@@ -192,6 +192,11 @@ class SplitConfig(_Strict):
     train: float = Field(default=0.7, gt=0, lt=1)
     val: float = Field(default=0.1, ge=0, lt=1)
     test: float = Field(default=0.2, gt=0, lt=1)
+    knowledge: float = Field(
+        default=0.2, ge=0, lt=1,
+        description="Share of the training documents' questions held out of training with every phrasing (where "
+        "no other training answer contains their answer's sentences), for the knowledge set.",
+    )
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -373,7 +378,15 @@ class GoldSet(_Strict):
     """Questions users really ask, with reference answers written by people."""
 
     name: str = Field(pattern=r"^[a-z0-9_-]+$", description="Its name in the report and `gate_on`.")
-    path: Path = Field(description="JSONL of {question, answer, category (optional)}.")
+    path: Path = Field(description="JSONL of {question, answer, category (optional), group (optional)}.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_SET_NAMES:
+            raise ValueError(f"'{name}' is the name of one of qaforge's own question sets or metric scopes "
+                             f"({', '.join(sorted(RESERVED_SET_NAMES))}); give the gold set another name")
+        return name
 
 
 class EvaluationConfig(InferenceOptions):
@@ -389,7 +402,9 @@ class EvaluationConfig(InferenceOptions):
     bootstrap_samples: int = Field(default=1000, ge=100, description="Paired bootstrap resamples.")
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     latency_samples: int = Field(
-        default=6, ge=0, description="Test questions answered one at a time to time the models (0: skip)."
+        default=3, ge=0,
+        description="Questions of the gate's set the gated system answers one at a time, alone in the engine, for "
+        "its latency (0: skip).",
     )
     general_max_new_tokens: int = Field(
         default=32, ge=1,
@@ -407,16 +422,23 @@ class EvaluationConfig(InferenceOptions):
         description="Also score the base and the fine-tuned model in the mode not served (closed book or "
         "with retrieval), so that the report shows all four systems side by side.",
     )
-    paraphrases: int = Field(
+    knowledge: int = Field(
         default=60, ge=0,
-        description="Also score up to this many held-out phrasings of training questions, spread evenly over "
-        "them (0: none): recall of what the model was trained on, not of the sentence it was trained with.",
+        description="Score up to this many held-out facts of training documents (synthesis.split.knowledge), "
+        "spread evenly over them (0: none): questions and answer sentences never trained on.",
+    )
+    memorisation: int = Field(
+        default=40, ge=0,
+        description="Score up to this many held-out phrasings of training questions whose answers are trained "
+        "on (0: none): recall of trained answers in new words. Never gated on.",
     )
     gold: list[GoldSet] = Field(default_factory=list, description="Question sets written by people.")
     gate_on: str = Field(
-        default="test",
-        description="The question set the gate decides on: test (documents not trained on), paraphrase, "
-        "or the name of a gold set. The report shows every set.",
+        default=QuestionSet.TEST.value,
+        description="The question set the gate decides on: test (documents not trained on), knowledge (facts of "
+        "training documents never trained on), or a gold set's name. When it has too few documents (or groups) "
+        "for its interval to mean anything, the gate decides on a gold set, the test split or the knowledge set "
+        "that has enough, and the report says so. The report shows every set.",
     )
     cache_dir: Path | None = Field(
         default=Path(".qaforge/answers"),
@@ -460,6 +482,7 @@ class ServingConfig(InferenceOptions):
     )
     max_new_tokens: int = Field(default=128, ge=1, description="When a request gives no max_tokens.")
     max_tokens_limit: int = Field(default=512, ge=1, description="Largest max_tokens a request may ask for.")
+
     max_prompt_tokens: int = Field(default=1024, ge=16)
     max_messages: int = Field(default=32, ge=1)
     max_body_bytes: int = Field(default=65536, ge=1024)
@@ -484,6 +507,13 @@ class ServingConfig(InferenceOptions):
         default=None, description="Opt-in JSONL of every exchange; ingest reads it as a source."
     )
 
+    @model_validator(mode="after")
+    def _default_within_limit(self) -> ServingConfig:
+        if self.max_new_tokens > self.max_tokens_limit:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) is over max_tokens_limit "
+                             f"({self.max_tokens_limit}): a request that names no max_tokens would be refused")
+        return self
+
 
 # Where each stage keeps its cache, under the config's `cache_dir` unless set on its own.
 CACHE_DIRS = {
@@ -494,7 +524,8 @@ CACHE_DIRS = {
     ("training", "output_dir"): "train",
     ("evaluation", "cache_dir"): "answers",
 }
-# Room a training example needs beyond its passages: system prompt, question, answer.
+# Room a prompt needs beyond its passages: system prompt, question, template (and in
+# training the answer). The config check uses it; training measures the real examples.
 CONTEXT_MARGIN_TOKENS = 192
 
 
@@ -531,23 +562,57 @@ class QAForgeConfig(_Strict):
     @model_validator(mode="after")
     def _sections_agree(self) -> QAForgeConfig:
         """Checks across sections, in one place (the sections check themselves)."""
-        sets = {"test", "paraphrase", *(g.name for g in self.evaluation.gold)}
-        if self.evaluation.gate_on not in sets:
-            raise ValueError(f"evaluation.gate_on is '{self.evaluation.gate_on}', which is not one of the question "
-                             f"sets: {', '.join(sorted(sets))}")
-        if self.evaluation.gate_on == "paraphrase" and not self.evaluation.paraphrases:
-            raise ValueError("evaluation.gate_on is 'paraphrase' but evaluation.paraphrases is 0")
-        if len({g.name for g in self.evaluation.gold}) < len(self.evaluation.gold):
+        evaluation = self.evaluation
+        if len({g.name for g in evaluation.gold}) < len(evaluation.gold):
             raise ValueError("evaluation.gold: two sets have the same name")
+        sets = self.question_sets()
+        if evaluation.gate_on not in sets:
+            raise ValueError(f"evaluation.gate_on is '{evaluation.gate_on}', which is not a question set this config "
+                             f"makes ({', '.join(sets)}){self._why_missing(evaluation.gate_on)}")
+        if evaluation.gate_on == QuestionSet.MEMORISATION:
+            raise ValueError("evaluation.gate_on is 'memorisation', which measures recall of trained answers, not "
+                             "knowledge: gate on test, knowledge or a gold set")
+        passages = self.retrieval.top_k * self.chunking.max_tokens
         if self.training.context is not None:
-            needed = self.retrieval.top_k * self.chunking.max_tokens + CONTEXT_MARGIN_TOKENS
-            if self.training.max_length < needed:
+            if not self.retrieval.serve:
+                raise ValueError("training.context trains the model to answer from retrieved passages, but "
+                                 "retrieval.serve is false, so it would be gated and served without them: set "
+                                 "retrieval.serve: true, or remove training.context")
+            if self.training.max_length < passages + CONTEXT_MARGIN_TOKENS:
                 raise ValueError(
                     f"training.max_length is {self.training.max_length}, but training.context puts "
                     f"retrieval.top_k={self.retrieval.top_k} passages of up to chunking.max_tokens="
-                    f"{self.chunking.max_tokens} tokens into each prompt: it needs at least {needed}"
+                    f"{self.chunking.max_tokens} tokens into each prompt: it needs at least "
+                    f"{passages + CONTEXT_MARGIN_TOKENS}"
                 )
+        if self.retrieval.serve and self.serving.max_prompt_tokens < passages + CONTEXT_MARGIN_TOKENS:
+            raise ValueError(
+                f"retrieval.serve puts retrieval.top_k={self.retrieval.top_k} passages of up to "
+                f"chunking.max_tokens={self.chunking.max_tokens} tokens into every served prompt, "
+                f"{passages} tokens plus about {CONTEXT_MARGIN_TOKENS} for the system prompt and question, over "
+                f"serving.max_prompt_tokens={self.serving.max_prompt_tokens}: most requests would be refused. "
+                "Lower top_k or chunking.max_tokens, or raise serving.max_prompt_tokens"
+            )
         return self
+
+    def question_sets(self) -> list[str]:
+        """The question sets evaluation will score with this config."""
+        sets = [QuestionSet.TEST.value]
+        if self.synthesis.split.knowledge and self.evaluation.knowledge:
+            sets.append(QuestionSet.KNOWLEDGE.value)
+        # Only the offline generator writes rephrasings.
+        if self.synthesis.generator is Generator.OFFLINE and self.evaluation.memorisation:
+            sets.append(QuestionSet.MEMORISATION.value)
+        return sets + [g.name for g in self.evaluation.gold]
+
+    def _why_missing(self, name: str) -> str:
+        if name == QuestionSet.KNOWLEDGE:
+            return ": synthesis.split.knowledge and evaluation.knowledge must both be above 0"
+        if name == QuestionSet.MEMORISATION and self.synthesis.generator is not Generator.OFFLINE:
+            return ": only the offline generator writes the rephrasings it is made of"
+        if name == QuestionSet.MEMORISATION:
+            return ": evaluation.memorisation is 0"
+        return ""
 
 
 class ConfigError(ValueError):

@@ -30,6 +30,8 @@ class GoldQuestion(BaseModel):
     question: str = Field(min_length=1)
     answer: str = Field(min_length=1)
     category: str = ""
+    group: str = Field(default="", description="Questions that stand or fall together (e.g. about one page) "
+                       "share a group; intervals resample whole groups.")
 
 
 def read_jsonl(path: Path, schema: type[T]) -> list[T]:

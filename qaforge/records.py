@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -141,19 +141,41 @@ class QAPair(BaseModel):
     phrasing: int = Field(default=0, description="0 for a question as first written; 1, 2, ... for rephrasings.")
 
 
+class QuestionSet(StrEnum):
+    """The question sets qaforge makes; users' gold sets take any other name."""
+
+    TEST = "test"  # questions about documents no model trained on
+    KNOWLEDGE = "knowledge"  # facts of training documents, asked and answered in words never trained on
+    MEMORISATION = "memorisation"  # trained questions reworded, whose answers are training targets
+
+
+# Names a gold set may not take: qaforge's own sets, the one they replaced, and the
+# MLflow metric scopes of the forgetting guard and of speed.
+RESERVED_SET_NAMES = frozenset({*QuestionSet, "paraphrase", "guard", "speed"})
+
+
 class QADataset(BaseModel):
     train: list[QAPair]
     val: list[QAPair]
     test: list[QAPair]
-    paraphrase: list[QAPair] = Field(
+    knowledge: list[QAPair] = Field(
         default_factory=list,
-        description="One held-out phrasing of some training questions: recall of trained facts in new words.",
+        description="Questions about training documents held out of training with every phrasing, whose answer "
+        "sentences no training answer contains: did the model learn (or can it read) the fact?",
+    )
+    memorisation: list[QAPair] = Field(
+        default_factory=list,
+        description="One held-out phrasing of training questions whose other phrasings, with the same answer, "
+        "are trained on: recall of trained answers in new words.",
     )
     dropped: dict[str, int] = Field(default_factory=dict, description="Filter name -> pairs dropped.")
     generator: str = "offline"
     generator_stats: dict[str, int] = Field(
         default_factory=dict, description="Teacher requests, tokens, repairs, cache hits."
     )
+
+    def question_set(self, name: QuestionSet) -> list[QAPair]:
+        return getattr(self, name.value)
 
 
 class TrainedModel(BaseModel):
@@ -184,12 +206,12 @@ class EvalRow(BaseModel):
 
 
 class ModelLabel(StrEnum):
-    """The models an evaluation compares."""
+    """The systems an evaluation compares: a model, asked closed book or with passages."""
 
     CANDIDATE = "candidate"
     BASE = "base"
-    PRODUCTION = "production"
-    # Also MLflow metric names (eval/<label>/<metric>), which allow no "+".
+    PRODUCTION = "production"  # as it is served: its own system prompt, top_k and index
+    # Also parts of MLflow metric names, which allow no "+".
     CANDIDATE_RETRIEVAL = "candidate_retrieval"
     BASE_RETRIEVAL = "base_retrieval"
 
@@ -199,10 +221,14 @@ class ModelLabel(StrEnum):
 
 
 class Resampling(StrEnum):
-    """What a bootstrap resamples: questions, or whole documents (a cluster bootstrap)."""
+    """What a bootstrap resamples: single questions, or whole clusters of them (the
+    questions about one document, or of one group or category of a gold set, are not
+    independent of each other)."""
 
     QUESTIONS = "questions"
     DOCUMENTS = "documents"
+    GROUPS = "groups"
+    CATEGORIES = "categories"
 
 
 class Interval(BaseModel):
@@ -238,32 +264,100 @@ class PairwiseResult(BaseModel):
         return self.wins + self.losses + self.ties
 
 
+class SetReport(BaseModel):
+    """Every system on one question set."""
+
+    name: str
+    unit: Resampling = Field(description="What its intervals resample besides single questions.")
+    units: int = Field(description="How many of them there are.")
+    retrieval_recall: float | None = Field(
+        default=None, description="Share of questions whose source chunk is among the passages retrieved."
+    )
+    metrics: dict[str, dict[str, float]] = Field(description="System label -> metric -> value.")
+    comparisons: list[Interval] = Field(
+        default_factory=list,
+        description="The gated system minus each other one, per metric, over resampled questions and units.",
+    )
+    by_source: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Source -> 'n' and system label -> primary metric on its questions."
+    )
+    pairwise: PairwiseResult | None = None
+    rows: list[EvalRow]
+
+    def gain(self, metric: str, other: str) -> Interval | None:
+        """The gated system's gain over `other` with the more cautious of its intervals
+        (the lower lower bound): over units, unless single questions are wider."""
+        found = [c for c in self.comparisons if c.metric == metric and c.b == other]
+        return min(found, key=lambda c: (c.low, c.resampled == Resampling.QUESTIONS), default=None)
+
+
+class GuardReport(BaseModel):
+    """The forgetting guard: general questions outside the domain, asked closed book,
+    since forgetting is about the weights."""
+
+    accuracy: dict[str, float] = Field(description="System label -> share answered right.")
+    comparisons: list[Interval] = Field(default_factory=list)
+    rows: list[EvalRow]
+
+
 class EvalReport(BaseModel):
-    question_set: str = Field(default="test", description="test, paraphrase, or a gold set's name.")
     gated: ModelLabel = Field(
         default=ModelLabel.CANDIDATE, description="The system promotion is about: the fine-tuned model as served."
     )
     baseline: ModelLabel = Field(default=ModelLabel.BASE, description="The base model in the same mode.")
-    retrieval_recall: float | None = Field(
-        default=None, description="Share of questions whose source chunk is among the passages retrieved."
-    )
-    metrics: dict[str, dict[str, float]] = Field(description="Model label -> metric -> value.")
-    models: dict[str, str] = Field(default_factory=dict, description="Model label -> the model it scored.")
+    models: dict[str, str] = Field(default_factory=dict, description="System label -> the model it scored.")
     reused: list[str] = Field(default_factory=list, description="Labels whose answers came from the answer cache.")
-    comparisons: list[Interval] = Field(
-        default_factory=list,
-        description="The gated system minus each other one, per metric, with bootstrap CIs over questions and "
-        "documents.",
+    sets: dict[str, SetReport] = Field(description="Every question set scored, by name.")
+    gate_set: str | None = Field(
+        description="The set the gate decides on; None when no set has enough units for an interval to mean "
+        "anything."
     )
-    by_source: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="Source -> 'n' and model label -> primary metric on its questions."
+    gate_note: str = Field(default="", description="Why the gate decides on that set, or on none.")
+    guard: GuardReport | None = None
+    speed: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="System label -> latency and tokens/s, from the serving engine."
     )
-    pairwise: PairwiseResult | None = None
-    general: list[EvalRow] = Field(default_factory=list, description="Forgetting-guard answers.")
-    rows: list[EvalRow]
-    other_sets: list[EvalReport] = Field(
-        default_factory=list, description="The same systems on the other question sets (the gate uses this one)."
+    seconds: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Question set (or guard) -> system label -> seconds spent answering it (0: from the cache).",
     )
+
+    @property
+    def decided_on(self) -> SetReport | None:
+        return self.sets[self.gate_set] if self.gate_set is not None else None
+
+    def general_drop(self) -> float | None:
+        """Base minus gated general-QA accuracy (the guard asks each model closed book)."""
+        if self.guard is None or self.baseline not in self.guard.accuracy:
+            return None
+        return self.guard.accuracy[self.baseline] - self.guard.accuracy[self.gated]
+
+
+class EvalMetric(NamedTuple):
+    """An evaluation number's MLflow metric name, `eval/<scope>/<system>/<metric>`:
+    written and read here only. The scope is a question set, `guard` or `speed`; a gain
+    is the system `gain_over_<other>`, its metric suffixed with the unit resampled
+    (`_by_documents`, ...) and `_low`/`_high` for its bounds."""
+
+    scope: str
+    system: str
+    metric: str
+
+    def __str__(self) -> str:
+        return f"eval/{self.scope}/{self.system}/{self.metric}"
+
+    @classmethod
+    def parse(cls, name: str) -> EvalMetric | None:
+        parts = name.split("/")
+        return cls(*parts[1:]) if len(parts) == 4 and parts[0] == "eval" else None
+
+    @classmethod
+    def gains(cls, scope: str, interval: Interval) -> dict[str, float]:
+        """The metrics of a gain and its bounds."""
+        unit = "" if interval.resampled == Resampling.QUESTIONS else f"_by_{interval.resampled}"
+        system, metric = f"gain_over_{interval.b}", f"{interval.metric}{unit}"
+        return {str(cls(scope, system, metric + suffix)): value
+                for suffix, value in (("", interval.gain), ("_low", interval.low), ("_high", interval.high))}
 
 
 class RegisteredModel(BaseModel):
@@ -276,8 +370,9 @@ class PromotionDecision(BaseModel):
     promoted: bool
     reason: str
     metric: str
-    candidate: float
-    base: float
+    question_set: str | None = Field(default=None, description="The set decided on; None when none could decide.")
+    candidate: float | None = None
+    base: float | None = None
     production: float | None = None
     production_version: str | None = None
     version: str

@@ -4,19 +4,15 @@ and the ZenML model stage."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from zenml.enums import ModelStages
 
 from qaforge.config import RegistryConfig
 from qaforge.evaluation import ModelRef
-from qaforge.records import (
-    EvalReport, Interval, ModelLabel, PromotionDecision, RegisteredModel, Resampling, TrainedModel,
-)
-from qaforge.tracking import StackError, model_registry, version_by_alias
-
-log = logging.getLogger(__name__)
+from qaforge.records import EvalReport, Interval, ModelLabel, PromotionDecision, RegisteredModel, TrainedModel
+from qaforge.served import ModelsUri
+from qaforge.tracking import RegistryError, registry_client, version_by_alias, version_by_alias_from
 
 
 # Version tags: what a version was trained from, for `qaforge sources-changed`.
@@ -28,7 +24,7 @@ def register(trained: TrainedModel, cfg: RegistryConfig, run_name: str | None = 
              sources_fingerprint: str = "", config_digest: str = "") -> RegisteredModel:
     from mlflow.exceptions import MlflowException
 
-    client = model_registry().mlflow_client
+    client = registry_client()
     try:
         client.create_registered_model(cfg.model_name)
     except MlflowException as exc:
@@ -52,39 +48,22 @@ def register(trained: TrainedModel, cfg: RegistryConfig, run_name: str | None = 
     )
 
 
-def production_model(cfg: RegistryConfig, trained: TrainedModel) -> ModelRef | None:
+def production_model(cfg: RegistryConfig, trained: TrainedModel, client: Any = None) -> ModelRef | None:
     """The version now at the production alias, to be evaluated with the candidate;
-    None when there is none, or it is this very model (a rerun of the same training)."""
-    try:
-        current = version_by_alias(cfg.model_name, cfg.alias)
-    except StackError as exc:
-        log.info("no production model to compare with: %s", exc)
-        return None
+    None when there is none, or it is this very model (a rerun of the same training).
+    A registry that answers with an error stops here (RegistryError): a gate that
+    cannot see production must not compare with the base alone. `client`: the active
+    stack's registry unless given."""
+    current = version_by_alias_from(client or registry_client(), cfg.model_name, cfg.alias)
     if current is None or current.run_id == trained.mlflow_run_id:
         return None
     # Registered from its training run's logged model, whose answers may be cached.
-    return ModelRef(f"models:/{cfg.model_name}/{current.version}", identity=current.source)
-
-
-def gain(report: EvalReport, metric: str, other: ModelLabel) -> Interval | None:
-    """The gated system's gain over `other` with the more cautious of its intervals (the
-    lower lower bound). Resampling documents is the honest one, as questions about one
-    document are not independent; but over very few test documents it is too narrow
-    (over one, it has no width at all), and then the question-level one is wider."""
-    found = [c for c in report.comparisons if c.metric == metric and c.b == other]
-    return min(found, key=lambda c: (c.low, c.resampled != Resampling.DOCUMENTS), default=None)
-
-
-def general_drop(report: EvalReport) -> float | None:
-    if "general_accuracy" not in report.metrics[report.baseline]:
-        return None
-    return (report.metrics[report.baseline]["general_accuracy"]
-            - report.metrics[report.gated]["general_accuracy"])
+    return ModelRef(str(ModelsUri(cfg.model_name, version=str(current.version))), identity=current.source)
 
 
 def latest_version(name: str) -> Any | None:
     """The newest MLflow version of model `name`, promoted or not; None if there is none."""
-    versions = model_registry().mlflow_client.search_model_versions(f"name = '{name}'")
+    versions = registry_client().search_model_versions(f"name = '{name}'")
     return max(versions, key=lambda v: int(v.version), default=None)
 
 
@@ -103,26 +82,27 @@ def what_changed(name: str, sources_fingerprint: str, config_digest: str) -> lis
     return reasons
 
 
-def registered_version(uri: str | None) -> str | None:
-    """The version in a `models:/name/version` URI."""
-    return uri.rpartition("/")[2] if uri and uri.startswith("models:/") else None
-
-
 def gate(report: EvalReport, version: str, metric: str, cfg: RegistryConfig) -> PromotionDecision:
-    """Promote only if the candidate, as served, beats the base model in the same mode
-    and the production version on `metric` by more than the margin (lower bound of the
-    interval) on the report's question set, and passes the forgetting guard."""
-    versus_base = gain(report, metric, report.baseline)
+    """Promote only if the candidate, as served, beats the base model asked the same way
+    and the production version as it is served, on `metric` by more than the margin
+    (lower bound of the interval), on the question set the evaluation says can decide,
+    and passes the forgetting guard. When no set can decide, nothing is promoted."""
+    scores = report.decided_on
+    if scores is None:
+        return PromotionDecision(promoted=False, reason=report.gate_note, metric=metric, version=version)
+    versus_base = scores.gain(metric, report.baseline)
     if versus_base is None:
-        raise ValueError(f"the evaluation report has no {metric} comparison with the base model")
+        raise ValueError(f"the evaluation report has no {metric} comparison with the base model on {scores.name}")
+    production = ModelsUri.parse(report.models.get(ModelLabel.PRODUCTION, ""))
     return decide(
         versus_base,
-        gain(report, metric, ModelLabel.PRODUCTION),
+        scores.gain(metric, ModelLabel.PRODUCTION),
         cfg.min_improvement,
         version,
-        registered_version(report.models.get(ModelLabel.PRODUCTION)),
-        general_drop(report),
+        production.version if production else None,
+        report.general_drop(),
         cfg.max_general_drop,
+        question_set=scores.name,
     )
 
 
@@ -134,14 +114,16 @@ def decide(
     production_version: str | None = None,
     general_drop: float | None = None,
     max_general_drop: float | None = None,
+    question_set: str = "test",
 ) -> PromotionDecision:
     """The gate. Each reason names the numbers it was decided on."""
     metric, ci = versus_base.metric, f"{round(100 * versus_base.confidence)}% CI"
     candidate, base = versus_base.value_a, versus_base.value_b
+    units = f" over {versus_base.clusters} {versus_base.resampled}" if versus_base.clusters else ""
     failures = []
     if versus_base.low <= margin:
         failures.append(
-            f"gain over base {versus_base.gain:+.4f} ({ci} [{versus_base.low:+.4f}, {versus_base.high:+.4f}]) "
+            f"gain over base {versus_base.gain:+.4f} ({ci}{units} [{versus_base.low:+.4f}, {versus_base.high:+.4f}]) "
             f"has a lower bound not above {margin}"
         )
     if versus_production is not None and versus_production.low <= margin:
@@ -155,10 +137,11 @@ def decide(
     summary = f"{metric} {candidate:.4f} vs base {base:.4f}"
     if versus_production is not None:
         summary += f" and production v{production_version} {versus_production.value_b:.4f}"
+    summary += f" on the {question_set} set"
     if failures:
         reason = f"{summary}: " + "; ".join(failures)
     else:
-        reason = f"{summary}: gain over base {ci} [{versus_base.low:+.4f}, {versus_base.high:+.4f}]"
+        reason = f"{summary}: gain over base {ci}{units} [{versus_base.low:+.4f}, {versus_base.high:+.4f}]"
         if versus_production is not None:
             reason += f", over production [{versus_production.low:+.4f}, {versus_production.high:+.4f}]"
         reason += f" above {margin}"
@@ -168,6 +151,7 @@ def decide(
         promoted=not failures,
         reason=reason,
         metric=metric,
+        question_set=question_set,
         candidate=candidate,
         base=base,
         production=versus_production.value_b if versus_production else None,
@@ -179,11 +163,21 @@ def decide(
     )
 
 
-def apply(decision: PromotionDecision, registered: RegisteredModel, cfg: RegistryConfig) -> None:
-    """Move the aliases a promotion decided on; the replaced version keeps `previous`."""
+def apply(decision: PromotionDecision, registered: RegisteredModel, cfg: RegistryConfig, client: Any = None) -> None:
+    """Move the aliases a promotion decided on; the replaced version keeps `previous`.
+    Production must still be the version the candidate was compared with: if another
+    run moved it since, or the registry cannot say, nothing moves (RegistryError)."""
     if not decision.promoted:
         return
-    client = model_registry().mlflow_client
+    client = client or registry_client()
+    current = version_by_alias_from(client, registered.name, cfg.alias)
+    now = str(current.version) if current is not None else None
+    if now not in (decision.production_version, registered.version):
+        compared = f"v{decision.production_version}" if decision.production_version else "no production version"
+        raise RegistryError(
+            f"@{cfg.alias} of '{registered.name}' moved to v{now} since the evaluation compared the candidate with "
+            f"{compared}; nothing was promoted: run the pipeline again to compare with it"
+        )
     if decision.production_version:
         client.set_registered_model_alias(registered.name, cfg.previous_alias, decision.production_version)
     client.set_registered_model_alias(registered.name, cfg.alias, registered.version)
@@ -197,7 +191,7 @@ def rollback(name: str, alias: str, previous_alias: str) -> tuple[str, str]:
     if previous is None:
         raise LookupError(f"model '{name}' has no version with alias @{previous_alias} to roll back to")
     current = version_by_alias(name, alias)
-    client = model_registry().mlflow_client
+    client = registry_client()
     client.set_registered_model_alias(name, alias, previous.version)
     if current is not None:
         client.set_registered_model_alias(name, previous_alias, current.version)

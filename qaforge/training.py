@@ -13,7 +13,7 @@ import random
 import resource
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from trl import SFTConfig, SFTTrainer
 from qaforge.config import (
     ContextTraining, Method, ModelConfig, PromptConfig, ReplayConfig, TrainingConfig, config_hash,
 )
+from qaforge.fsutil import write_atomic
 from qaforge.general_data import ReplayExample, read_jsonl
 from qaforge.hardware import Compute, Device, Machine, Precision, Quantization, decide_training, quantization_config
 from qaforge.modeling import load_tokenizer, resolve_base_model
@@ -79,17 +80,39 @@ def with_passages(found: list[Example], retriever: Retriever, top_k: int, cfg: C
     return result
 
 
-def sft_dataset(found: list[Example], system_prompt: str | None) -> Dataset:
+def sft_rows(found: list[Example], system_prompt: str | None) -> list[dict[str, Any]]:
     """Conversational prompt/completion rows: trl masks the prompt out of the loss."""
-    return Dataset.from_list(
-        [
-            {
-                "prompt": build_messages(e.question, system_prompt, e.history, e.context),
-                "completion": [{"role": "assistant", "content": e.answer}],
-            }
-            for e in found
-        ]
-    )
+    return [
+        {
+            "prompt": build_messages(e.question, system_prompt, e.history, e.context),
+            "completion": [{"role": "assistant", "content": e.answer}],
+        }
+        for e in found
+    ]
+
+
+def sft_dataset(found: list[Example], system_prompt: str | None) -> Dataset:
+    return Dataset.from_list(sft_rows(found, system_prompt))
+
+
+def check_lengths(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, split: str) -> int:
+    """The longest example's length in tokens, as trl tokenizes it (the whole
+    conversation through the chat template). trl cuts longer examples from the end,
+    which cuts their answers, and silently drops those left with none: an example
+    over `max_length` is an error that names it and the length it needs."""
+    longest = 0
+    for i, row in enumerate(rows):
+        length = len(tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)["input_ids"])
+        if length > max_length:
+            question = row["prompt"][-1]["content"].rpartition("Question: ")[2]
+            raise ValueError(
+                f"{split} example {i} ({question[:80]!r}) is {length} tokens with its system prompt, earlier turns "
+                f"and passages, over training.max_length={max_length}: trl would cut its answer. Raise "
+                f"training.max_length to at least {length}, or give it fewer or shorter passages "
+                "(retrieval.top_k, chunking.max_tokens)"
+            )
+        longest = max(longest, length)
+    return longest
 
 
 def replay_sample(cfg: ReplayConfig, n_train: int, seed: int) -> list[ReplayExample]:
@@ -149,6 +172,24 @@ class FitResult:
     steps: int
     best_val_loss: float | None
     history: list[dict[str, float]]
+    reused: bool = False  # a finished run of the same plan, not trained again
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, json.dumps({k: v for k, v in asdict(self).items() if k not in ("model_dir", "reused")}))
+
+    @classmethod
+    def load(cls, path: Path, model_dir: Path) -> FitResult:
+        return cls(model_dir=model_dir, reused=True, **json.loads(path.read_text()))
+
+
+RESULT_FILE = "result.json"
+
+
+def mean_logged_loss(history: list[dict[str, float]]) -> float:
+    """The average of the training losses the trainer logged, over the whole run: after a
+    resume the trainer's own average covers only the steps it ran in this session."""
+    losses = [e["loss"] for e in history if "loss" in e]
+    return sum(losses) / len(losses) if losses else float("nan")
 
 
 def sft_config(cfg: TrainingConfig, output_dir: Path, evaluate: bool, compute: Compute) -> SFTConfig:
@@ -191,7 +232,12 @@ def fit(
     work_dir: Path,
     compute: Compute | None = None,
 ) -> FitResult:
-    """SFT with trl; resumes from the last checkpoint in `work_dir` if there is one."""
+    """SFT with trl; resumes from the last checkpoint in `work_dir` if there is one, and
+    returns a finished run's result without training again."""
+    model_dir = work_dir / ("model" if cfg.method is Method.FULL else "adapter")
+    if (work_dir / RESULT_FILE).exists() and model_dir.is_dir():
+        log.info("training already finished in %s; reusing its model", work_dir)
+        return FitResult.load(work_dir / RESULT_FILE, model_dir)
     compute = compute or training_compute(cfg)
     evaluate = cfg.eval_steps is not None and val_set is not None and len(val_set) > 0
     args = sft_config(cfg, work_dir / "checkpoints", evaluate, compute)
@@ -219,18 +265,18 @@ def fit(
     if checkpoint:
         log.info("resuming training from %s", checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    model_dir = work_dir / ("model" if cfg.method is Method.FULL else "adapter")
     trainer.save_model(str(model_dir))
-    eval_losses = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
-    return FitResult(
+    history = [{k: float(v) for k, v in e.items() if isinstance(v, (int, float))} for e in trainer.state.log_history]
+    eval_losses = [e["eval_loss"] for e in history if "eval_loss" in e]
+    fitted = FitResult(
         model_dir=model_dir,
-        train_loss=float(result.training_loss),
+        train_loss=mean_logged_loss(history) if checkpoint else float(result.training_loss),
         steps=int(result.global_step),
         best_val_loss=min(eval_losses) if eval_losses else None,
-        history=[
-            {k: float(v) for k, v in e.items() if isinstance(v, (int, float))} for e in trainer.state.log_history
-        ],
+        history=history,
     )
+    fitted.save(work_dir / RESULT_FILE)
+    return fitted
 
 
 def merge_adapter(base_dir: str, adapter_dir: Path, out_dir: Path) -> Path:
@@ -310,17 +356,25 @@ def train(
         train_examples = with_passages(train_examples, retriever, top_k, cfg.context, cfg.seed)
         val_examples = with_passages(val_examples, retriever, top_k, cfg.context, cfg.seed)
     plan = plan_training(train_examples, model_cfg, cfg, prompt, len(replay))
+    train_rows, val_rows = sft_rows(train_examples, prompt.system_prompt), sft_rows(val_examples, prompt.system_prompt)
+    tokenizer = load_tokenizer(plan.base_dir)
+    longest = max(check_lengths(train_rows, tokenizer, cfg.max_length, "training"),
+                  check_lengths(val_rows, tokenizer, cfg.max_length, "validation"))
     print(f"Training {cfg.method} on {plan.compute}; {plan.machine.threads} torch threads on "
-          f"{plan.machine.cores} cores" + (f"; {top_k} passages per question" if cfg.context else ""))
+          f"{plan.machine.cores} cores" + (f"; {top_k} passages per question" if cfg.context else "")
+          + f"; longest example {longest} of {cfg.max_length} tokens")
     on_start(plan)
     result = fit(
-        sft_dataset(train_examples, prompt.system_prompt),
-        sft_dataset(val_examples, prompt.system_prompt) if val_examples else None,
+        Dataset.from_list(train_rows),
+        Dataset.from_list(val_rows) if val_rows else None,
         plan.base_dir,
         cfg,
         plan.work_dir,
         plan.compute,
     )
+    if result.reused:
+        print(f"Training had already finished in {plan.work_dir}: its model is reused (train loss "
+              f"{result.train_loss:.4f}, {result.steps} steps)")
     if cfg.method is Method.FULL:  # the trainer saved the model with its tokenizer
         model_dir, adapter_dir = result.model_dir, None
     else:

@@ -1,6 +1,7 @@
 """The evaluate step: the candidate (by its MLflow URI), the base model and the current
-production version, closed book and with retrieval, on every question set, through
-qaforge.evaluation, with the report written and logged."""
+production version (as it is served: its own system prompt, top_k and index), closed
+book and with retrieval, on every question set, through qaforge.evaluation, with the
+report written and logged."""
 
 from __future__ import annotations
 
@@ -10,39 +11,46 @@ import mlflow
 from zenml import get_step_context, step
 
 from qaforge.config import EvaluationConfig, ModelConfig, PromptConfig, RegistryConfig, RetrievalConfig
-from qaforge.evaluation import ModelRef, evaluate, question_sets, systems
+from qaforge.evaluation import AnswerCache, ModelRef, System, evaluate, question_sets, systems
 from qaforge.evaluation.report import comparisons_text, metrics_text, write_report
 from qaforge.hardware import Machine, decide
 from qaforge.modeling import resolve_base_model
-from qaforge.records import EvalReport, QADataset, Resampling, TrainedModel
+from qaforge.records import EvalMetric, EvalReport, QADataset, TrainedModel
 from qaforge.registry import production_model
 from qaforge.retrieval import Retriever
+from qaforge.served import Answering, logged_answering
 
 
 def log_report(report: EvalReport, report_dir: Path) -> None:
-    """Metrics of the gate's question set as eval/<system>/<metric> (as before there
-    were several sets), the others' as eval/<set>/<system>/<metric>."""
-    for r in (report, *report.other_sets):
-        where = "eval" if r is report else f"eval/{r.question_set}"
-        for label, values in r.metrics.items():
-            mlflow.log_metrics({f"{where}/{label}/{name}": value for name, value in values.items()})
-        if r.retrieval_recall is not None:
-            mlflow.log_metric(f"{where}/retrieval_recall", r.retrieval_recall)
-        for c in r.comparisons:
-            prefix = f"{where}/gain_over_{c.b}/{c.metric}" + (
-                "_by_document" if c.resampled == Resampling.DOCUMENTS else "")
-            mlflow.log_metrics({prefix: c.gain, f"{prefix}_low": c.low, f"{prefix}_high": c.high})
-    for name, rows in (("answers", report.rows), ("general", report.general)):
+    """Every number as eval/<scope>/<system>/<metric> (EvalMetric), the answers side by
+    side, the report record and the rendered report."""
+    for scores in report.sets.values():
+        for label, values in scores.metrics.items():
+            mlflow.log_metrics({str(EvalMetric(scores.name, label, name)): value for name, value in values.items()})
+        if scores.retrieval_recall is not None:
+            mlflow.log_metric(str(EvalMetric(scores.name, "retrieval", "recall")), scores.retrieval_recall)
+        for c in scores.comparisons:
+            mlflow.log_metrics(EvalMetric.gains(scores.name, c))
+    if report.guard is not None:
+        mlflow.log_metrics({str(EvalMetric("guard", label, "general_accuracy")): value
+                            for label, value in report.guard.accuracy.items()})
+        for c in report.guard.comparisons:
+            mlflow.log_metrics(EvalMetric.gains("guard", c))
+    for label, values in report.speed.items():
+        mlflow.log_metrics({str(EvalMetric("speed", label, name)): value for name, value in values.items()})
+    shown = report.decided_on or next(iter(report.sets.values()))
+    for name, rows in (("answers", shown.rows), ("general", report.guard.rows if report.guard else [])):
         if rows:
             table: dict[str, list[str]] = {
                 "question": [r.question for r in rows],
                 "reference": [r.reference for r in rows],
                 "source": [r.source for r in rows],
             }
-            for label in report.metrics:
+            for label in rows[0].answers:
                 table[label] = [r.answers[label] for r in rows]
             mlflow.log_table(data=table, artifact_file=f"eval/{name}.json")
     mlflow.log_dict(report.model_dump(mode="json"), "eval/report.json")
+    mlflow.set_tag("eval.gate_set", report.gate_set or "none")
     mlflow.log_artifacts(str(report_dir), "report")
 
 
@@ -60,16 +68,19 @@ def evaluate_step(
     compute = decide(Machine.detect(), evaluation.device, evaluation.precision)
     mlflow.log_params({"evaluation.compute": str(compute), "evaluation.quantization": evaluation.quantization.value,
                        "evaluation.retrieval_top_k": retrieval.top_k, "evaluation.served_with_retrieval": retrieval.serve})
+    production = production_model(registry, trained)
     chosen, gated, baseline = systems(
         # A logged model never changes: once it is production, its answers are reused.
         ModelRef(trained.model_uri, identity=trained.model_uri),
         ModelRef(base := resolve_base_model(model), identity=base),
-        production_model(registry, trained),
-        retrieval.serve,
-        evaluation.compare_modes,
+        System(production, logged_answering(production.location)) if production else None,
+        closed=Answering(prompt.system_prompt),
+        retrieving=Answering(prompt.system_prompt, index, retrieval.top_k),
+        serve_retrieval=retrieval.serve,
+        compare_modes=evaluation.compare_modes,
     )
-    report = evaluate(chosen, question_sets(data, evaluation), prompt, evaluation, gated=gated, baseline=baseline,
-                      retriever=index, top_k=retrieval.top_k, cache_dir=evaluation.cache_dir)
+    report = evaluate(chosen, question_sets(data, evaluation), evaluation, gated=gated, baseline=baseline,
+                      gate_on=evaluation.gate_on, cache=AnswerCache(evaluation.cache_dir))
     run_name = get_step_context().pipeline_run.name
     out_dir = Path(evaluation.report_dir).resolve() / run_name
     paths = write_report(
@@ -77,7 +88,9 @@ def evaluate_step(
         examples=evaluation.examples_in_report,
     )
     log_report(report, out_dir)
-    print(metrics_text(report.metrics))
+    shown = report.decided_on or next(iter(report.sets.values()))
+    print(f"Metrics on the {shown.name} set:")
+    print(metrics_text(shown.metrics))
     print(comparisons_text(report, evaluation.primary_metric))
     if report.reused:
         print(f"Answers reused from the cache for: {', '.join(report.reused)}")

@@ -21,7 +21,8 @@ def log_dataset(data: QADataset, system_prompt: str | None) -> None:
     mlflow.log_text(dataset_card(data), "dataset/README.md")
     mlflow.log_metrics(
         {
-            **{f"data/{split}_pairs": len(getattr(data, split)) for split in ("train", "val", "test", "paraphrase")},
+            **{f"data/{split}_pairs": len(getattr(data, split)) for split in ("train", "val", "test", "knowledge",
+                                                                               "memorisation")},
             **{f"data/dropped/{k}": v for k, v in data.dropped.items()},
             **{f"data/generator/{k}": v for k, v in data.generator_stats.items()},
         }

@@ -3,13 +3,15 @@ from datetime import datetime, UTC
 
 import pytest
 
-from qaforge.config import SynthesisConfig
+from qaforge.config import SynthesisConfig, load_config
 from qaforge.records import Chunk, ChunkSet
 from qaforge.synthesis.offline import follow_ups_for_chunk, pairs_for_chunk, sentences, styled
 from qaforge.synthesis import synthesize
 from qaforge.synthesis.filters import QuestionIndex, grounding, malformed
 from qaforge.refusal import is_refusal
 from qaforge.synthesis.split import split_by_document
+
+from conftest import REPO
 
 
 def test_chunks_carry_provenance_and_fit_the_token_budget(sample_corpus, sample_chunks) -> None:  # noqa: ANN001
@@ -154,19 +156,45 @@ def test_malformed_questions_are_named(question: str, problem: str | None) -> No
     assert malformed(question) == problem
 
 
-def test_rephrasings_are_trained_on_and_one_is_held_out(sample_dataset) -> None:  # noqa: ANN001
+def test_memorisation_set_is_reworded_training_questions_whose_answers_are_trained(sample_dataset) -> None:  # noqa: ANN001
     """Each question comes in several phrasings; training keeps all but the last, which
-    goes to the paraphrase set: questions about trained facts in words not trained on."""
+    goes to the memorisation set: its answer is a training target word for word, so a
+    gain there is recall of a trained answer, and the set is named for that."""
     data = sample_dataset
     trained = {(p.chunk_id, p.answer): set() for p in data.train}
     for p in data.train:
         trained[p.chunk_id, p.answer].add(p.question)
-    assert data.paraphrase and all(p.phrasing > 0 for p in data.paraphrase)
-    for p in data.paraphrase:
+    assert data.memorisation and all(p.phrasing > 0 for p in data.memorisation)
+    for p in data.memorisation:
         assert p.question not in trained[p.chunk_id, p.answer], "a held-out phrasing is not trained on"
-        assert trained[p.chunk_id, p.answer], "the same fact is trained on in other words"
+        assert trained[p.chunk_id, p.answer], "the same answer is trained on, asked in other words"
     assert all(p.phrasing == 0 for p in data.val + data.test)
     assert not any(malformed(p.question) for p in data.train + data.test if not p.history and p.kind != "faq")
+
+
+def test_knowledge_set_is_never_trained_on_in_wording_or_answer(sample_chunks, sample_dataset) -> None:  # noqa: ANN001
+    """Facts of training documents held out with every phrasing, and only where no
+    training answer contains a sentence of their answer: a model that answers them
+    learned the fact (or read it), not a sentence it was trained to repeat. Before, the
+    paraphrase set's every answer was a verbatim training target."""
+    from qaforge.synthesis import generate_pairs
+
+    data = sample_dataset
+    assert len(data.knowledge) >= 8 and len({p.doc_id for p in data.knowledge}) >= 6
+    train_docs = {p.doc_id for p in data.train}
+    assert all(p.doc_id in train_docs for p in data.knowledge), "about documents the model trained on"
+    trained_answers = [p.answer for p in data.train]
+    trained_questions = {p.question for p in data.train}
+    every_phrasing = {}
+    for pair in generate_pairs(sample_chunks, load_config(REPO / "configs" / "default.yaml").synthesis)[0]:
+        every_phrasing.setdefault((pair.chunk_id, pair.answer), set()).add(pair.question)
+    for p in data.knowledge:
+        assert not every_phrasing[p.chunk_id, p.answer] & trained_questions, "no phrasing of it is trained on"
+        for sentence in sentences(p.answer):
+            if len(sentence.split()) >= 3:
+                assert not any(sentence in answer for answer in trained_answers), sentence
+    held = {(p.chunk_id, p.answer) for p in data.knowledge}
+    assert not any((p.chunk_id, p.answer) in held for p in data.memorisation)
 
 
 def test_sentences_rejoin_pdf_line_breaks() -> None:
@@ -253,7 +281,7 @@ def test_adding_or_removing_documents_moves_no_other_document(sample_dataset) ->
 def test_synthesis_and_evaluation_share_one_definition_of_a_refusal(answer: str) -> None:
     """Synthesis drops generated refusals and evaluation counts refusals with the same
     rule: before, each had its own and they disagreed on most of these."""
-    import qaforge.evaluation as evaluation
+    import qaforge.evaluation.run as evaluation
     import qaforge.synthesis as synthesis
 
     assert synthesis.is_refusal is evaluation.is_refusal is is_refusal

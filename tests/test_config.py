@@ -1,9 +1,12 @@
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from qaforge.config import ConfigError, QAForgeConfig, load_config, validate_config
+
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,3 +71,45 @@ def test_early_stopping_needs_checkpoints_at_evaluations() -> None:
     assert "parameters.config.training: Value error, save_steps (15) must be a multiple of eval_steps (10)" in str(
         err.value
     )
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    # Passages that do not fit the served prompt: nearly every request would get 400.
+    ({"retrieval": {"serve": True, "top_k": 6}, "chunking": {"max_tokens": 512},
+      "serving": {"max_prompt_tokens": 1024}},
+     r"retrieval.top_k=6 passages of up to chunking.max_tokens=512 tokens into every served prompt, 3072 tokens "
+     r"plus about 192 .* over serving.max_prompt_tokens=1024"),
+    # A default answer length that the request limit refuses.
+    ({"serving": {"max_new_tokens": 600, "max_tokens_limit": 512}},
+     r"serving: Value error, max_new_tokens \(600\) is over max_tokens_limit \(512\)"),
+    # A model trained on passages, served and gated without them.
+    ({"training": {"context": {}, "max_length": 576}, "retrieval": {"serve": False}},
+     r"training.context trains the model to answer from retrieved passages, but retrieval.serve is false"),
+])
+def test_budgets_that_contradict_each_other_are_refused_with_keys_and_numbers(overrides: dict, message: str,
+                                                                              tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_config(_raw(**overrides))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"parameters": {"config": _raw(**overrides)}}))
+    assert re.search(message, run_cli("qaforge", "check-config", "-c", str(path), cwd=REPO, ok=(2,)))
+
+
+@pytest.mark.parametrize("name", ["test", "knowledge", "memorisation", "paraphrase"])
+def test_a_gold_set_may_not_take_the_name_of_a_set_qaforge_makes(name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"evaluation.gold.0.name: Value error, '{name}' is the name of one of "
+                                          "qaforge's own question sets"):
+        validate_config(_raw(evaluation={"gold": [{"name": name, "path": "gold.jsonl"}]}))
+
+
+def test_gate_on_names_a_set_that_will_exist_for_the_generator() -> None:
+    teacher = yaml.safe_load((REPO / "configs" / "teacher.yaml").read_text())["parameters"]["config"]
+    teacher["evaluation"] = {"gate_on": "memorisation"}
+    with pytest.raises(ConfigError, match="only the offline generator writes the rephrasings"):
+        validate_config(teacher)
+    with pytest.raises(ConfigError, match="'memorisation', which measures recall of trained answers"):
+        validate_config(_raw(evaluation={"gate_on": "memorisation"}))
+    with pytest.raises(ConfigError, match="synthesis.split.knowledge and evaluation.knowledge must both be above 0"):
+        validate_config(_raw(evaluation={"gate_on": "knowledge", "knowledge": 0}))
+    assert validate_config(_raw(evaluation={"gate_on": "knowledge"})).question_sets() == [
+        "test", "knowledge", "memorisation"]

@@ -1,134 +1,35 @@
-import math
+"""The gate and what it decides on: the question set with enough documents (or groups)
+for its interval to mean anything, production scored as it is served, a registry that
+answers with an error stopping the promotion, and the answer cache keyed by what
+decides the answers."""
 
-import numpy as np
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
 import pytest
-import sacrebleu
-import torch
 
-from qaforge.evaluation.metrics import (
-    compare, contains_any, normalize_answer, paired_bootstrap, score_answers, token_f1,
+from qaforge.config import EvaluationConfig, GoldSet, PromptConfig, RegistryConfig
+from qaforge.evaluation import AnswerCache, ModelRef, Questions, System, evaluate, gate_set, min_units, systems
+from qaforge.evaluation.answers import as_asked, messages_of, model_fingerprint
+from qaforge.evaluation.sets import by_document, gold_questions
+from qaforge.generation import Sampling, generate
+from qaforge.hardware import Machine, decide as decide_compute
+from qaforge.records import (
+    EvalReport, Interval, ModelLabel, PromotionDecision, QAPair, RegisteredModel, Resampling, SetReport,
+    TrainedModel,
 )
-from qaforge.refusal import is_refusal
-from qaforge.config import InferenceOptions
-from qaforge.modeling import generate_answers, length_batches, load_for_inference, reference_nll
-from qaforge.prompting import build_messages, render_prompt
-from qaforge.records import EvalReport, Interval
-from qaforge.evaluation.report import metrics_text
-from qaforge.registry import decide
+from qaforge.registry import apply, decide, gate, production_model
+from qaforge.served import Answering, load_model, logged_answering
+from qaforge.tracking import RegistryError, version_by_alias_from
+
+from fixture_site import serve_error
 
 
-def test_token_f1_by_hand() -> None:
-    # prediction {cat, sat}, reference {cat, sat, down}: P = 1, R = 2/3, F1 = 0.8
-    assert token_f1("The cat sat.", "cat sat down") == pytest.approx(0.8)
-    assert token_f1("", "") == 1.0
-    assert token_f1("dog", "cat") == 0.0
-    assert normalize_answer("The  Type-2 plug!") == "type2 plug"
-
-
-def test_identical_answers_score_perfectly() -> None:
-    refs = ["Level 2 uses 240 V.", "A CCS2 inlet takes AC and DC."]
-    metrics = score_answers(refs, refs).summary()
-    for name in ("rouge1", "rouge2", "rougeL", "token_f1", "exact_match"):
-        assert metrics[name] == pytest.approx(1.0)
-    assert metrics["bleu"] == pytest.approx(100.0)
-    assert metrics["chrf"] == pytest.approx(100.0)
-
-
-def test_rouge1_by_hand() -> None:
-    # unigram overlap 2 of 3 predicted and 2 of 4 reference tokens: F = 2*(2/3)*(1/2)/(2/3+1/2)
-    metrics = score_answers(["charger needs power"], ["the charger needs electricity"]).summary()
-    assert metrics["rouge1"] == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))
-    assert metrics["answer_words"] == 3
-
-
-def test_resampled_bleu_and_chrf_equal_sacrebleu_on_the_same_subset() -> None:
-    preds = ["Level 2 uses 240 volts.", "OCPP links chargers to servers.", "It is a plug.", "DC is fast."]
-    refs = ["Level 2 uses 240 V.", "OCPP links a charger to its back office.", "CCS is a plug.", "DC charging is fast."]
-    scored = score_answers(preds, refs)
-    idx = np.array([0, 0, 2, 3])
-    subset_p, subset_r = [preds[i] for i in idx], [refs[i] for i in idx]
-    assert scored.value("bleu", idx) == pytest.approx(sacrebleu.corpus_bleu(subset_p, [subset_r]).score)
-    assert scored.value("chrf", idx) == pytest.approx(sacrebleu.corpus_chrf(subset_p, [subset_r]).score)
-
-
-def test_perplexity_pools_tokens_by_hand() -> None:
-    scored = score_answers(["a", "b"], ["a", "b"], nll=[(2.0, 1), (4.0, 3)])
-    assert scored.value("perplexity") == pytest.approx(math.exp(6.0 / 4))
-    assert scored.value("perplexity", np.array([1, 1])) == pytest.approx(math.exp(8.0 / 6))
-
-
-# fp32 on any CPU: these check the batching arithmetic, not bf16 rounding.
-FP32 = InferenceOptions(precision="fp32")
-
-
-def test_reference_nll_equals_the_models_own_loss(base_model_dir) -> None:  # noqa: ANN001
-    model, tokenizer = load_for_inference(base_model_dir, FP32)
-    messages = build_messages("What does Level 2 use?", "Be brief.")
-    answer = "Level 2 uses 240 V."
-    [(nll, tokens)] = reference_nll(model, tokenizer, [messages], [answer])
-    prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False, return_tensors="pt")["input_ids"]
-    target = tokenizer(answer, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    labels = torch.cat([torch.full_like(prompt, -100), target], dim=1)
-    with torch.no_grad():
-        loss = model(input_ids=torch.cat([prompt, target], dim=1), labels=labels).loss
-    assert tokens == target.shape[1]
-    assert nll / tokens == pytest.approx(float(loss), rel=1e-4)
-    # Batched with a longer conversation (padding) gives the same numbers.
-    longer = build_messages("Explain in detail how a Level 2 charger works at home?", "Be brief.")
-    (nll_batched, _), _ = reference_nll(model, tokenizer, [messages, longer], [answer, answer])
-    assert nll_batched == pytest.approx(nll, rel=1e-4)
-
-
-def test_batches_group_similar_lengths_and_answers_keep_input_order(base_model_dir) -> None:  # noqa: ANN001
-    assert length_batches([5, 1, 4, 2, 3], 2) == [[1, 3], [2, 4], [0]]
-    assert length_batches([3, 1, 2], 8) == [[0, 1, 2]], "one batch is the input as it is"
-    model, tokenizer = load_for_inference(base_model_dir, FP32)
-    questions = ["What is OCPP?", "Explain in detail how a Level 2 charger works at home, step by step?", "Why?"]
-    conversations = [build_messages(q, "Be brief.") for q in questions]
-    batched = generate_answers(model, tokenizer, conversations, 8, batch_size=2)
-    alone = [generate_answers(model, tokenizer, [c], 8, batch_size=1) for c in conversations]
-    assert batched.answers == [g.answers[0] for g in alone]
-    assert batched.prompt_tokens == [g.prompt_tokens[0] for g in alone]
-    assert batched.completion_tokens == [g.completion_tokens[0] for g in alone]
-
-
-def test_bootstrap_interval_on_known_data() -> None:
-    base = np.zeros(50)
-    shifted = paired_bootstrap("x", lambda i: (base[i] + 0.5).mean(), lambda i: base[i].mean(), 50)
-    assert (shifted.gain, shifted.low, shifted.high) == pytest.approx((0.5, 0.5, 0.5))
-    # Differences with mean 0.3 and sd 1 over 400 questions: the 95% interval is about
-    # 0.3 +- 1.96 / sqrt(400) = [0.20, 0.40] around the sample mean.
-    diff = np.random.default_rng(1).normal(0.3, 1.0, 400)
-    noisy = paired_bootstrap("x", lambda i: diff[i].mean(), lambda i: 0.0, 400, samples=2000)
-    assert noisy.low < diff.mean() < noisy.high
-    assert noisy.high - noisy.low == pytest.approx(2 * 1.96 * diff.std() / 20, rel=0.15)
-    assert noisy.low > 0
-
-
-def test_lower_perplexity_counts_as_a_gain() -> None:
-    candidate = score_answers(["x", "y"], ["x", "y"], nll=[(1.0, 1), (1.0, 1)])
-    base = score_answers(["x", "y"], ["x", "y"], nll=[(3.0, 1), (3.0, 1)])
-    [ppl] = [c for c in compare(candidate, base, ("candidate", "base"), 200, 0.95) if c.metric == "perplexity"]
-    assert ppl.gain == pytest.approx(math.e**3 - math.e) and ppl.low > 0
-
-
-def test_refusals_and_accepted_answers() -> None:
-    assert is_refusal("I don't know: the documents I was trained on do not cover that.")
-    assert not is_refusal("Level 2 uses 240 V.")
-    assert contains_any("The capital of France is Paris.", ["Paris"])
-    assert not contains_any("Parisian cafes are nice.", ["Paris"])
-    assert contains_any("It has 8 legs.", ["8 legs", "eight"])
-
-
-def test_metrics_table_lists_every_model() -> None:
-    table = metrics_text({"candidate": {"rougeL": 0.35, "judge": 4.1}, "base": {"rougeL": 0.2}})
-    assert table.splitlines()[1].split() == ["rougeL", "0.3500", "0.2000"]
-    assert table.splitlines()[2].split() == ["judge", "4.1000"]
-
-
-def interval(low: float, high: float, a: float = 0.40, b: float = 0.30) -> Interval:
+def interval(low: float, high: float, a: float = 0.40, b: float = 0.30, **kwargs: object) -> Interval:
     return Interval(metric="rougeL", a="candidate", b="base", value_a=a, value_b=b, gain=a - b,
-                    low=low, high=high, confidence=0.95)
+                    low=low, high=high, confidence=0.95, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -148,68 +49,210 @@ def test_gate_decisions(base, production, margin, drop, promoted, reason) -> Non
     assert decision.promoted is promoted
     assert reason in decision.reason
     assert decision.reason.startswith("rougeL 0.4000 vs base 0.3000")
+    assert "on the test set" in decision.reason
 
 
-def test_by_source_scores_each_source_on_its_own_questions() -> None:
-    from qaforge.records import QAPair
-    from qaforge.evaluation import by_source
-
-    questions = [
-        QAPair(question=f"q{i}", answer="a", chunk_id="c", doc_id="d", source=src, kind="fact", grounding=1.0)
-        for i, src in enumerate(["a.pdf", "b.html", "a.pdf"])
-    ]
-    refs = ["Level 2 uses 240 V.", "OCPP is a protocol.", "CCS is a plug."]
-    scored = {
-        "candidate": score_answers(refs, refs),
-        "base": score_answers(["Level 2 uses 240 V.", "nothing", "nothing"], refs),
-    }
-    table = by_source(questions, scored, "exact_match")
-    assert table == {"a.pdf": {"n": 2, "candidate": 1.0, "base": 0.5}, "b.html": {"n": 1, "candidate": 1.0, "base": 0.0}}
+def set_report(name: str, comparisons: list[Interval], units: int = 10) -> SetReport:
+    return SetReport(name=name, unit=Resampling.DOCUMENTS, units=units, comparisons=comparisons, rows=[],
+                     metrics={"candidate": {"rougeL": 0.4}, "base": {"rougeL": 0.3}})
 
 
-def test_resampling_documents_widens_the_interval_when_documents_differ() -> None:
-    """Twenty documents of ten questions each, whose gains differ by document: the
-    questions of one document are not independent, and only the cluster bootstrap
-    says how uncertain the gain really is."""
-    rng = np.random.default_rng(0)
-    per_document = rng.normal(0.1, 0.2, 20)
-    diff = np.repeat(per_document, 10) + rng.normal(0, 0.02, 200)
-    documents = [f"doc{i // 10}" for i in range(200)]
-    questions = paired_bootstrap("x", lambda i: diff[i].mean(), lambda i: 0.0, 200)
-    by_document = paired_bootstrap("x", lambda i: diff[i].mean(), lambda i: 0.0, 200, clusters=documents)
-    assert (questions.resampled, questions.clusters) == ("questions", 200)
-    assert (by_document.resampled, by_document.clusters) == ("documents", 20)
-    assert questions.gain == by_document.gain
-    # The spread of 20 document means is about sd 0.2 / sqrt(20); of 200 questions, 0.2 / sqrt(200) at most.
-    assert by_document.high - by_document.low > 2 * (questions.high - questions.low)
-    assert by_document.high - by_document.low == pytest.approx(2 * 1.96 * per_document.std() / np.sqrt(20), rel=0.3)
-
-
-def report_with(comparisons: list[Interval], production: str | None = None) -> EvalReport:
-    labels = ["candidate", "base"] + (["production"] if production else [])
-    return EvalReport(metrics={label: {"rougeL": 0.3} for label in labels}, comparisons=comparisons, rows=[],
-                      models={"production": production} if production else {})
-
-
-def test_the_gate_decides_on_documents_and_on_production_from_the_same_report() -> None:
-    from qaforge.config import RegistryConfig
-    from qaforge.registry import gate
-
+def test_the_gate_decides_on_the_set_the_report_names_over_its_documents() -> None:
     narrow = interval(0.02, 0.10)
-    wide = interval(-0.05, 0.20).model_copy(update={"resampled": "documents", "clusters": 6})
-    decision = gate(report_with([narrow, wide]), "4", "rougeL", RegistryConfig())
+    wide = interval(-0.05, 0.20, resampled=Resampling.DOCUMENTS, clusters=6)
+    good = interval(0.05, 0.15, resampled=Resampling.DOCUMENTS, clusters=9)
+    report = EvalReport(sets={"test": set_report("test", [narrow, wide]), "knowledge": set_report("knowledge", [good])},
+                        gate_set="test")
+    decision = gate(report, "4", "rougeL", RegistryConfig())
     assert not decision.promoted and decision.versus_base == wide, "the document-level interval decides"
-    over_production = interval(0.01, 0.03, 0.40, 0.38).model_copy(update={"b": "production", "resampled": "documents"})
-    decision = gate(report_with([narrow, over_production], "models:/qaforge-ev/3"), "4", "rougeL", RegistryConfig())
-    assert decision.promoted and decision.production_version == "3"
-    assert decision.versus_production == over_production
+    assert "over 6 documents" in decision.reason and decision.question_set == "test"
+    elsewhere = gate(report.model_copy(update={"gate_set": "knowledge"}), "4", "rougeL", RegistryConfig())
+    assert elsewhere.promoted and elsewhere.question_set == "knowledge"
+    over_production = interval(0.01, 0.03, 0.40, 0.38, resampled=Resampling.DOCUMENTS).model_copy(
+        update={"b": "production"})
+    with_production = EvalReport(sets={"test": set_report("test", [good, over_production])}, gate_set="test",
+                                 models={"production": "models:/qaforge-ev/3"})
+    decision = gate(with_production, "4", "rougeL", RegistryConfig())
+    assert decision.promoted and decision.production_version == "3" and decision.versus_production == over_production
+
+
+def pairs(documents: int, per_document: int = 3, name: str = "d") -> list[QAPair]:
+    return [QAPair(question=f"q{d}-{i}?", answer="a", chunk_id=f"c{d}", doc_id=f"{name}{d}", source=f"s{d}",
+                   kind="fact", grounding=1.0) for d in range(documents) for i in range(per_document)]
+
+
+def test_a_set_of_too_few_documents_never_decides() -> None:
+    """A site whose hash split put one page in test: the interval over one document has no
+    width, and a sign test over fewer than six cannot show anything at 95%. The gate reads
+    the knowledge set instead, or nothing, and says why and what to do."""
+    assert min_units(0.95) == 6 and min_units(0.99) == 8
+    tiny = by_document("test", pairs(1, per_document=6))
+    knowledge = by_document("knowledge", pairs(8))
+    decided, note = gate_set({"test": tiny, "knowledge": knowledge}, "test", 0.95)
+    assert decided == "knowledge"
+    assert "The test set has 6 questions, 1 documents: too few" in note and "it takes 6" in note
+    assert "decides on the knowledge set instead (24 questions, 8 documents)" in note
+    decided, note = gate_set({"test": tiny, "knowledge": by_document("knowledge", pairs(3))}, "test", 0.95)
+    assert decided is None and "nothing can be promoted" in note and "evaluation.gold" in note
+    report = EvalReport(sets={"test": set_report("test", [interval(0.02, 0.02)], units=1)}, gate_set=None,
+                        gate_note=note)
+    decision = gate(report, "2", "rougeL", RegistryConfig())
+    assert not decision.promoted and decision.reason == note and decision.question_set is None
+    memorisation = by_document("memorisation", pairs(20))
+    assert gate_set({"test": tiny, "memorisation": memorisation}, "test", 0.95)[0] is None, (
+        "memorisation never decides"
+    )
+
+
+def test_gold_sets_resample_their_groups_or_categories_and_say_which(tmp_path: Path) -> None:
+    def gold(lines: list[dict]) -> Questions:
+        path = tmp_path / "gold.jsonl"
+        path.write_text("".join(json.dumps({"question": "q?", "answer": "a."} | line) + "\n" for line in lines))
+        return gold_questions(GoldSet(name="users", path=path), 0.95)
+
+    grouped = gold([{"group": "fees"}, {"group": "fees"}, {"group": "hours"}, {}])
+    assert (grouped.unit, grouped.units) == (Resampling.GROUPS, 3), "a line without a group is its own group"
+    many = gold([{"category": f"c{i % 7}"} for i in range(14)])
+    assert (many.unit, many.units) == (Resampling.CATEGORIES, 7)
+    few = gold([{"category": f"c{i % 4}"} for i in range(40)])
+    assert (few.unit, few.units) == (Resampling.QUESTIONS, 40) and "4 categories are too few" in few.note
+
+
+@pytest.mark.parametrize(("status", "code", "said"), [(403, "PERMISSION_DENIED", "the registry says no"),
+                                                      (500, "INTERNAL_ERROR", "too many 500 error responses")])
+def test_a_registry_that_answers_with_an_error_stops_the_gate(status: int, code: str, said: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tracking server that refuses (403) or fails (500): the production lookup and the
+    alias move stop with an error naming it, instead of deciding as if there were no
+    production version."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    trained = TrainedModel(method="full", base_model="b", model_uri="models:/m-1", mlflow_run_id="r",
+                           train_loss=1.0, steps=1, seconds=1.0)
+    decision = PromotionDecision(promoted=True, reason="", metric="rougeL", version="2")
+    with serve_error(status, {"error_code": code, "message": "the registry says no"}) as url:
+        client = MlflowClient(tracking_uri=url, registry_uri=url)
+        with pytest.raises(RegistryError, match=f"cannot read model 'qa' from the model registry: .*{said}"):
+            production_model(RegistryConfig(model_name="qa"), trained, client)
+        with pytest.raises(RegistryError):
+            apply(decision, RegisteredModel(name="qa", version="2", model_uri="models:/qa/2"), RegistryConfig(),
+                  client)
+
+
+def test_no_model_or_no_alias_means_no_production_and_a_moved_alias_stops_promotion(tmp_path: Path) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                          registry_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert version_by_alias_from(client, "qa", "production") is None, "no such model"
+    client.create_registered_model("qa")
+    assert version_by_alias_from(client, "qa", "production") is None, "no such alias"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("registry")) as run:
+            mlflow.log_text("x", "weights/x.txt")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    for _ in range(3):
+        client.create_model_version("qa", f"runs:/{run.info.run_id}/weights", run_id=run.info.run_id)
+    client.set_registered_model_alias("qa", "production", "1")
+    assert str(version_by_alias_from(client, "qa", "production").version) == "1"
+    registered = RegisteredModel(name="qa", version="3", model_uri="models:/qa/3")
+    decision = PromotionDecision(promoted=True, reason="", metric="rougeL", version="3", production_version="1")
+    client.set_registered_model_alias("qa", "production", "2")  # another run promoted v2 meanwhile
+    with pytest.raises(RegistryError, match="moved to v2 since the evaluation compared the candidate with v1"):
+        apply(decision, registered, RegistryConfig(model_name="qa"), client)
+    assert str(client.get_model_version_by_alias("qa", "production").version) == "2", "nothing moved"
+    apply(decision.model_copy(update={"production_version": "2"}), registered, RegistryConfig(model_name="qa"),
+          client)
+    assert str(client.get_model_version_by_alias("qa", "production").version) == "3"
+    assert str(client.get_model_version_by_alias("qa", "previous").version) == "2"
+
+
+def test_the_answer_cache_is_keyed_by_resolved_compute_libraries_and_weights(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights one")
+    (folder / "config.json").write_text("{}")
+    ref = ModelRef(str(folder), identity=str(folder))
+    auto, fp32 = EvaluationConfig(), EvaluationConfig(precision="fp32")
+    found = model_fingerprint(ref, auto)
+    resolved = decide_compute(Machine.detect(), auto.device, auto.precision)
+    assert (found["device"], found["precision"]) == (resolved.device.value, resolved.precision.value), (
+        "what 'auto' means on this machine, not 'auto'"
+    )
+    assert (model_fingerprint(ref, fp32) == found) is (resolved.precision.value == "fp32")
+    assert {"torch", "transformers"} <= set(found["libraries"])
+    (folder / "model.safetensors").write_bytes(b"weights two, same name")
+    assert model_fingerprint(ref, auto)["weights"] != found["weights"], "new weights under the same name"
+    assert model_fingerprint(ModelRef("HuggingFaceTB/SmolLM2-135M-Instruct", identity="hub"), auto) is None, (
+        "a hub name without a revision could be other weights tomorrow: never cached"
+    )
+    assert model_fingerprint(ModelRef("models:/qa@production", identity="x"), auto) is None
+    assert model_fingerprint(ModelRef("models:/qa/3", identity="models:/m-1"), auto)["weights"] is None, (
+        "a registered version never changes"
+    )
+
+
+QUESTIONS = [("What is OCPP?", "OCPP is a charging protocol."), ("What is CCS?", "CCS is a plug."),
+             ("What is Level 2?", "240 V charging."), ("What is a charging network?", "A set of chargers.")]
+
+
+def small_config(**kwargs: object) -> EvaluationConfig:
+    return EvaluationConfig(**{"max_new_tokens": 6, "latency_samples": 1, "general_qa": None, "bootstrap_samples": 100,
+                               "precision": "fp32"} | kwargs)
 
 
 @pytest.mark.slow
-def test_evaluation_scores_a_logged_model_by_uri_and_reuses_fixed_models_answers(base_model_dir, tmp_path) -> None:  # noqa: ANN001
+def test_production_is_scored_as_it_is_served(base_model_dir: str, sample_chunks, tmp_path: Path) -> None:  # noqa: ANN001
+    """Production was logged with another system prompt, top_k and index than the current
+    config's. Evaluation asks it with its own, exactly as the server does (the server's
+    loader, prompt and engine), while the candidate and the base get the current ones."""
+    import mlflow
+
+    from qaforge.mlflow_model import log_qa_model
+    from qaforge.retrieval import Retriever
+
+    index = Retriever.build(sample_chunks)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("production")):
+            logged = log_qa_model(base_model_dir, "You were trained long ago.", index, top_k=1)
+        version = mlflow.register_model(logged, "qa-prod").version
+        uri = f"models:/qa-prod/{version}"
+        served = logged_answering(uri)
+        assert (served.system_prompt, served.top_k, len(served.retriever)) == ("You were trained long ago.", 1,
+                                                                               len(index))
+        questions = [QAPair(question=q, answer=a, chunk_id=f"c{i}", doc_id=f"d{i}", source=f"s{i}", kind="fact",
+                            grounding=1.0) for i, (q, a) in enumerate(QUESTIONS)]
+        chosen, gated, baseline = systems(
+            ModelRef(base_model_dir), ModelRef(base_model_dir, identity=base_model_dir),
+            System(ModelRef(uri, identity=logged), served), closed=Answering("Answer in one word."),
+            retrieving=Answering("Answer in one word.", index, 2), serve_retrieval=False, compare_modes=False)
+        conversation = as_asked(questions[:1], chosen[ModelLabel.PRODUCTION].answering)[0]
+        assert conversation[0] == {"role": "system", "content": "You were trained long ago."}
+        assert conversation[1]["content"].endswith("Question: What is OCPP?") and "[2]" not in conversation[1]["content"]
+        report = evaluate(chosen, {"test": by_document("test", questions)}, small_config(), gated=gated,
+                          baseline=baseline, cache=AnswerCache(tmp_path / "answers"))
+        server_side = load_model(uri, small_config())
+        for pair, row in zip(questions, report.sets["test"].rows):
+            prompt, passages = server_side.prompt(messages_of(pair))
+            assert len(passages) == 1
+            assert row.answers["production"] == generate(server_side, [prompt], Sampling(6))[0].text
+        assert report.sets["test"].gain("rougeL", "production") is not None
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+@pytest.mark.slow
+def test_evaluation_of_a_logged_model_by_uri_with_the_cache(base_model_dir: str, tmp_path: Path) -> None:
     """The candidate exists only as an MLflow model (as the train step leaves it); the
     base has an identity (weights that never change), so its answers come from the
-    cache the second time."""
+    cache the second time, and any change of settings asks again."""
     import mlflow
 
     from qaforge.mlflow_model import log_qa_model
@@ -219,36 +262,77 @@ def test_evaluation_scores_a_logged_model_by_uri_and_reuses_fixed_models_answers
     try:
         with mlflow.start_run(experiment_id=mlflow.create_experiment("eval-by-uri")):
             uri = log_qa_model(base_model_dir, "Be brief.")
-        run_evaluations(uri, base_model_dir, tmp_path)
+        questions = [QAPair(question=q, answer=a, chunk_id=f"c{i}", doc_id=f"d{i % 2}", source=f"s{i % 2}",
+                            kind="fact", grounding=1.0) for i, (q, a) in enumerate(QUESTIONS)]
+        prompt = PromptConfig(system_prompt="Be brief.")
+        chosen, gated, baseline = systems(ModelRef(uri), ModelRef(base_model_dir, identity=base_model_dir), None,
+                                          Answering(prompt.system_prompt), Answering(prompt.system_prompt), False,
+                                          False)
+        sets = {"test": by_document("test", questions)}
+        cache = AnswerCache(tmp_path / "answers")
+        first = evaluate(chosen, sets, small_config(), gated=gated, baseline=baseline, cache=cache)
+        rows = first.sets["test"].rows
+        assert first.reused == [] and first.models["candidate"] == uri
+        assert [r.answers["candidate"] for r in rows] == [r.answers["base"] for r in rows], "the same weights"
+        assert {(c.b, c.resampled) for c in first.sets["test"].comparisons} == {("base", "questions"),
+                                                                                ("base", "documents")}
+        assert first.gate_set is None and "2 documents" in first.gate_note, "two documents decide nothing"
+        assert first.speed["candidate"]["latency_p50_ms"] > 0 and first.seconds["test"]["base"] > 0
+        again = evaluate(chosen, sets, small_config(), gated=gated, baseline=baseline, cache=cache)
+        assert again.reused == ["base"], "a model without an identity is never cached"
+        assert again.sets["test"].rows == rows and again.seconds["test"]["base"] == 0
+        other = evaluate(chosen, sets, small_config().model_copy(update={"max_new_tokens": 7}), gated=gated,
+                         baseline=baseline, cache=cache)
+        assert other.reused == []
     finally:
         mlflow.set_tracking_uri(previous)
 
 
-def run_evaluations(uri: str, base_model_dir: str, tmp_path) -> None:  # noqa: ANN001
-    from qaforge.config import EvaluationConfig, PromptConfig
-    from qaforge.evaluation import ModelRef, System, evaluate
-    from qaforge.records import ModelLabel, QAPair
+@pytest.mark.slow
+def test_evaluation_answers_what_the_server_answers(base_model_dir: str, sample_chunks, sample_dataset,  # noqa: ANN001
+                                                    tmp_path: Path) -> None:
+    """The same questions, sent at once to a running server (which batches them as they
+    come) and scored by evaluation: in fp32 every answer is the same text."""
+    import asyncio
 
-    pairs = [
-        QAPair(question=q, answer=a, chunk_id=f"c{i}", doc_id=f"d{i % 2}", source=f"s{i % 2}", kind="fact",
-               grounding=1.0)
-        for i, (q, a) in enumerate([("What is OCPP?", "OCPP is a charging protocol."),
-                                    ("What is CCS?", "CCS is a plug."), ("What is Level 2?", "240 V charging.")])
-    ]
-    cfg = EvaluationConfig(max_new_tokens=6, latency_samples=0, general_qa=None, bootstrap_samples=100,
-                           precision="fp32")
-    models = {ModelLabel.CANDIDATE: System(ModelRef(uri)),
-              ModelLabel.BASE: System(ModelRef(base_model_dir, identity=base_model_dir))}
-    sets = {"test": pairs}
-    first = evaluate(models, sets, PromptConfig(system_prompt="Be brief."), cfg, cache_dir=tmp_path / "answers")
-    assert first.reused == [] and first.models["candidate"] == uri
-    assert [r.answers["candidate"] for r in first.rows] == [r.answers["base"] for r in first.rows], (
-        "the logged model is the base model, so it answers the same"
-    )
-    assert {(c.b, c.resampled) for c in first.comparisons} == {("base", "questions"), ("base", "documents")}
-    again = evaluate(models, sets, PromptConfig(system_prompt="Be brief."), cfg, cache_dir=tmp_path / "answers")
-    assert again.reused == ["base"], "a model without an identity is never cached"
-    assert again.rows == first.rows and again.metrics["base"] == first.metrics["base"]
-    other = cfg.model_copy(update={"max_new_tokens": 7})
-    assert evaluate(models, sets, PromptConfig(system_prompt="Be brief."), other,
-                    cache_dir=tmp_path / "answers").reused == []
+    import httpx
+    import mlflow
+
+    from conftest import running
+    from qaforge.mlflow_model import log_qa_model
+    from qaforge.retrieval import Retriever
+    from serving.app import create_app
+    from serving.settings import ServeSettings
+
+    index = Retriever.build(sample_chunks)
+    previous = mlflow.get_tracking_uri()
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking)
+    try:
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("same-answers")):
+            logged = log_qa_model(base_model_dir, "Answer in one or two sentences.", index, top_k=2)
+        version = mlflow.register_model(logged, "qa-same").version
+        uri = f"models:/qa-same/{version}"
+        questions = sample_dataset.test[:10]
+        cfg = small_config(max_new_tokens=24, latency_samples=0)
+        served = System(ModelRef(uri, identity=logged), logged_answering(uri))
+        chosen, gated, baseline = systems(ModelRef(base_model_dir), ModelRef(base_model_dir), served,
+                                          Answering(None), Answering(None), False, False)
+        report = evaluate(chosen, {"test": by_document("test", questions)}, cfg, gated=gated, baseline=baseline)
+        settings = ServeSettings(model_uri=uri, tracking_uri=tracking, tokens_env="QAFORGE_TEST_SAME",
+                                 precision="fp32", reload_seconds=0, max_batch_size=4)
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("QAFORGE_TEST_SAME", "same-key")
+            with running(create_app(settings), settings) as url:
+                async def ask_all() -> list[str]:
+                    async with httpx.AsyncClient(timeout=300) as client:
+                        replies = await asyncio.gather(*(client.post(
+                            f"{url}/v1/chat/completions", headers={"Authorization": "Bearer same-key"},
+                            json={"messages": messages_of(pair), "max_tokens": 24, "temperature": 0})
+                            for pair in questions))
+                    return [r.json()["choices"][0]["message"]["content"] for r in replies]
+
+                answers = asyncio.run(ask_all())
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert answers == [row.answers["production"] for row in report.sets["test"].rows]

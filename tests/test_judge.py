@@ -9,9 +9,8 @@ import re
 import pytest
 
 from qaforge.config import EvaluationConfig, JudgeConfig
-from qaforge.evaluation.judge import pairwise, rubric_scores
-from qaforge.records import EvalReport, EvalRow
-from qaforge.evaluation import judge
+from qaforge.evaluation.judge import judge_set, pairwise, rubric_scores
+from qaforge.records import EvalRow, SetReport
 
 from fixture_site import chat_completion, serve_chat
 
@@ -74,7 +73,8 @@ def test_evaluation_adds_judge_scores_intervals_and_preferences() -> None:
         EvalRow(question=q, reference=r, source="s", answers={"candidate": long, "base": short})
         for q, r, long, short in zip(QUESTIONS, REFERENCES, LONG, SHORT)
     ]
-    report = EvalReport(metrics={"candidate": {"rougeL": 0.5}, "base": {"rougeL": 0.4}}, rows=rows)
+    scores = SetReport(name="test", unit="documents", units=3, rows=rows,
+                       metrics={"candidate": {"rougeL": 0.5}, "base": {"rougeL": 0.4}})
 
     def by_length(body: dict) -> tuple[int, dict]:
         prompt = body["messages"][0]["content"]
@@ -86,7 +86,7 @@ def test_evaluation_adds_judge_scores_intervals_and_preferences() -> None:
 
     with serve_chat(by_length) as url:
         cfg = EvaluationConfig(judge=judge_config(url, criteria=["relevance", "clarity"]), bootstrap_samples=200)
-        judged = judge(report, cfg)
+        judged = judge_set(scores, "candidate", "base", cfg)
     # LONG answers are over 30 characters but the last; SHORT only the last.
     assert judged.metrics["candidate"]["judge"] == pytest.approx((5 + 5 + 2) / 3)
     assert judged.metrics["base"]["judge_relevance"] == pytest.approx((2 + 2 + 5) / 3)

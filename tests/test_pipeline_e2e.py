@@ -33,6 +33,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = run_config["parameters"]["config"]
     cfg["sources"]["web"][0]["serve_dir"] = str(SAMPLE / "site")
     cfg["sources"]["files"] = [str(SAMPLE / "docs" / "fleet-depot-charging.docx")]
+    cfg["evaluation"]["gold"][0]["path"] = str(SAMPLE / "smoke-gold.jsonl")
     cfg["model"] = {"cache_dir": str(REPO / ".qaforge" / "models")}
     cfg["training"]["output_dir"] = str(root / "train")
     cfg["serving"] = {"reload_seconds": 1}
@@ -55,7 +56,9 @@ def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
     client = mlflow.MlflowClient(tracking_uri)
     version = client.get_model_version_by_alias("qaforge-smoke", "production")
     run = client.get_run(version.run_id)
-    assert run.data.metrics["eval/candidate/rougeL"] > run.data.metrics["eval/base/rougeL"]
+    # Two test documents decide nothing: the gate read the gold set, and said so.
+    assert run.data.tags["eval.gate_set"] == "smoke" and "gated on the smoke set" in info
+    assert run.data.metrics["eval/smoke/candidate/rougeL"] > run.data.metrics["eval/smoke/base/rougeL"]
     assert run.data.params["training.method"] == "full"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2, "per-step loss logged"
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) >= 1, "val loss logged"
@@ -64,12 +67,12 @@ def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
     assert any(name.startswith("system/cpu") for name in metrics), "system metrics logged"
     decision = json.loads(Path(client.download_artifacts(run.info.run_id, "promotion/decision.json")).read_text())
     assert decision["promoted"] and decision["version"] == "1", decision["reason"]
-    # The gate takes the more cautious of the question- and document-level intervals.
-    lows = [metrics["eval/gain_over_base/rougeL_low"], metrics["eval/gain_over_base/rougeL_by_document_low"]]
-    assert decision["versus_base"]["low"] == min(lows) > 0
+    assert decision["question_set"] == "smoke" and "on the smoke set" in decision["reason"]
+    assert decision["versus_base"]["low"] == metrics["eval/smoke/gain_over_base/rougeL_low"] > 0
     assert decision["versus_production"] is None, "nothing was in production before"
-    for name in ("perplexity", "latency_p95_ms", "general_accuracy"):
-        assert metrics[f"eval/candidate/{name}"] > 0 and metrics[f"eval/base/{name}"] > 0
+    for name in ("eval/smoke/candidate/perplexity", "eval/smoke/base/perplexity", "eval/speed/candidate/latency_p95_ms",
+                 "eval/guard/candidate/general_accuracy", "eval/guard/base/general_accuracy"):
+        assert metrics[name] > 0, name
     assert {"eval/answers.json", "eval/general.json", "eval/report.json"} <= {
         a.path for a in client.list_artifacts(run.info.run_id, "eval")
     }
@@ -212,8 +215,8 @@ def test_retrained_candidate_is_gated_against_production(project: Path, first_ru
         assert report["reused"] == ["base", "production"], "only the new candidate was asked"
         first = client.get_run(client.get_model_version("qaforge-smoke", "1").run_id)
         # The registered v1 answers this split as it did when it was the candidate.
-        assert run.data.metrics["eval/production/rougeL"] == pytest.approx(
-            first.data.metrics["eval/candidate/rougeL"], abs=1e-4
+        assert run.data.metrics["eval/smoke/production/rougeL"] == pytest.approx(
+            first.data.metrics["eval/smoke/candidate/rougeL"], abs=1e-4
         )
         lows = decision["versus_base"]["low"], decision["versus_production"]["low"]
         assert decision["promoted"] is (min(lows) > 0), decision["reason"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qaforge.records import EvalReport, EvalRow, Interval, PairwiseResult, TrainedModel
 from qaforge.evaluation.report import candidate_interval, fmt, write_report
+from qaforge.records import EvalReport, EvalRow, GuardReport, Interval, PairwiseResult, SetReport, TrainedModel
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NASTY = "<b>&|"
@@ -36,15 +36,11 @@ def make_report(by_source: bool = True) -> EvalReport:
         )
         for i in range(3)
     ]
-    return EvalReport(
+    test = SetReport(
+        name="test", unit="documents", units=2,
         metrics={
-            "base": {
-                "rougeL": 0.312345,
-                "perplexity": 24.5678,
-                "latency_p50_ms": 1234.56,
-                "general_accuracy": 0.6,
-            },
-            "candidate": {"rougeL": 0.456789, "perplexity": 12.3456, "general_accuracy": 0.58},
+            "base": {"rougeL": 0.312345, "perplexity": 24.5678},
+            "candidate": {"rougeL": 0.456789, "perplexity": 12.3456},
         },
         comparisons=[
             interval("rougeL", 0.456789, 0.312345, 0.144444, 0.08, 0.21),
@@ -60,10 +56,15 @@ def make_report(by_source: bool = True) -> EvalReport:
             else {}
         ),
         pairwise=PairwiseResult(a="candidate", b="base", wins=2, losses=0, ties=1, inconsistent=1),
-        general=[
-            EvalRow(question="2+2?", reference="4", source="general", answers={"base": "4", "candidate": "4"})
-        ],
         rows=rows,
+    )
+    return EvalReport(
+        sets={"test": test}, gate_set="test",
+        speed={"candidate": {"latency_p50_ms": 1234.56, "tokens_per_s": 20.0}},
+        guard=GuardReport(
+            accuracy={"base": 0.6, "candidate": 0.58},
+            rows=[EvalRow(question="2+2?", reference="4", source="general", answers={"base": "4", "candidate": "4"})],
+        ),
     )
 
 
@@ -107,9 +108,11 @@ def test_report_files_plots_escaping_and_verdicts(tmp_path: Path) -> None:
     # Union of metric keys over labels, four significant digits, blank where a label lacks one.
     assert table_row(markdown, "rougeL") == "| rougeL | 0.3123 | 0.4568 |"
     assert table_row(markdown, "perplexity") == "| perplexity | 24.57 | 12.35 |"
-    assert table_row(markdown, "latency_p50_ms") == "| latency_p50_ms | 1235 |  |"
+    assert table_row(markdown, "latency_p50_ms") == "| latency_p50_ms | 1235 |"
+    assert table_row(markdown, "test (gate)").startswith("| test (gate) | 3 | 2 documents |")
     # Comparison rows: base, candidate, gain, CI over questions, CI over documents (none here), verdict.
-    comparison = [line for line in markdown.splitlines() if "[" in line and line.startswith("| ")]
+    comparison = [line for line in markdown.splitlines()
+                  if line.endswith(("| better |", "| worse |", "| no clear difference |"))]
     rouge, perplexity, f1 = comparison
     assert rouge.endswith("| +0.1444 | [+0.08000, +0.2100] |  | better |")
     assert perplexity.endswith("| better |")
@@ -120,7 +123,8 @@ def test_report_files_plots_escaping_and_verdicts(tmp_path: Path) -> None:
     for plot in ("metrics.png", "by_source.png", "loss.png"):
         assert f"]({plot})" in markdown
     assert "| lora |" in markdown
-    assert "General-knowledge questions asked: 1." in markdown
+    assert "1 general-knowledge questions, asked closed book" in markdown
+    assert table_row(markdown, "candidate") == "| candidate | 0.5800 |"
 
     page = paths["html"].read_text(encoding="utf-8")
     assert "&lt;b&gt;&amp;|" in page
@@ -168,13 +172,14 @@ def test_fmt_significant_digits() -> None:
 def test_document_intervals_decide_the_verdict_and_colours_follow_the_model(tmp_path: Path) -> None:
     """Both intervals side by side, the verdict from the document-level one; and the
     per-source plot paints each model its own colour whatever order the labels come in."""
-    from qaforge.evaluation.report import COLORS, comparison_sections
+    from qaforge.evaluation.report.plots import COLORS
+    from qaforge.evaluation.report.sections import comparison_sections
     from qaforge.records import Interval, ModelLabel
 
     common = dict(metric="rougeL", a="candidate", b="base", value_a=0.4, value_b=0.3, gain=0.1, confidence=0.95)
     questions = Interval(**common, low=0.05, high=0.15, clusters=60)
     documents = Interval(**common, low=-0.02, high=0.2, resampled="documents", clusters=9)
-    [section] = comparison_sections([questions, documents], None)
+    [section] = comparison_sections([questions, documents], None, "base")
     [table] = [b for b in section.blocks if not isinstance(b, str)]
     assert table.headers[4:] == ["95% CI, questions", "95% CI, 9 documents", "verdict"]
     assert table.rows[0][4:] == ["[+0.05000, +0.1500]", "[-0.02000, +0.2000]", "no clear difference"]

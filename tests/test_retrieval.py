@@ -12,11 +12,12 @@ import httpx
 import openai
 import pytest
 
-from qaforge.config import ContextTraining, EvaluationConfig, GoldSet, PromptConfig, ServingConfig, load_config
-from qaforge.evaluation import ModelRef, evaluate, question_sets, systems
+from qaforge.config import ContextTraining, EvaluationConfig, GoldSet, ServingConfig, load_config
+from qaforge.evaluation import AnswerCache, ModelRef, evaluate, question_sets, systems
 from qaforge.prompting import CONTEXT_INTRO, build_messages, with_retrieved, with_system_prompt
-from qaforge.records import ModelLabel, QAPair
+from qaforge.records import EvalMetric, Interval, ModelLabel, QAPair
 from qaforge.retrieval import Retriever
+from qaforge.served import Answering
 from qaforge.training import Example, examples, with_passages
 
 from conftest import REPO, running
@@ -87,7 +88,8 @@ def test_raft_examples_mix_the_source_with_distractors(retriever: Retriever, sam
 def test_config_checks_that_training_prompts_fit_the_passages() -> None:
     from qaforge.config import ConfigError, validate_config
 
-    raw = {"sources": {"files": ["x"]}, "training": {"context": {}, "max_length": 256}, "retrieval": {"top_k": 3}}
+    raw = {"sources": {"files": ["x"]}, "training": {"context": {}, "max_length": 256},
+           "retrieval": {"top_k": 3, "serve": True}}
     with pytest.raises(ConfigError, match=r"training.max_length is 256.*needs at least 768"):
         validate_config(raw)
     with pytest.raises(ConfigError, match=r"evaluation.gate_on is 'users'"):
@@ -101,45 +103,51 @@ def test_config_checks_that_training_prompts_fit_the_passages() -> None:
 def test_four_systems_on_every_question_set(retriever: Retriever, sample_dataset, base_model_dir: str,  # noqa: ANN001
                                             tmp_path: Path) -> None:
     """Base and 'fine-tuned' (here the base model again, under another name), closed book
-    and with retrieval, on the test split, the paraphrase split and a gold set with
-    categories; the gate's set comes first; the closed-book answers come from the cache
-    the second time."""
+    and with retrieval, on the test split, the knowledge and memorisation sets and a gold
+    set with categories: the served pair on every set, the other mode on the gate's set;
+    the gate's set is the gold one; the base's answers come from the cache the second time."""
     gold = tmp_path / "gold.jsonl"
     gold.write_text("".join(json.dumps(g) + "\n" for g in [
-        {"question": "What is OCPP?", "answer": "OCPP is the Open Charge Point Protocol.", "category": "standards"},
-        {"question": "What is CHAdeMO?", "answer": "CHAdeMO is a DC fast charging connector.",
-         "category": "connectors"},
-        {"question": "What is CCS?", "answer": "CCS is the Combined Charging System.", "category": "connectors"},
+        {"question": f"What is {name}?", "answer": f"{name} is a charging term.", "group": f"g{i}"}
+        for i, name in enumerate(["OCPP", "CHAdeMO", "CCS", "Level 2", "a wallbox", "a charging network"])
     ]))
     cfg = EvaluationConfig(max_new_tokens=6, latency_samples=0, general_qa=None, bootstrap_samples=100,
-                           precision="fp32", max_examples=4, gold=[GoldSet(name="users", path=gold)], gate_on="users")
+                           precision="fp32", max_examples=4, knowledge=3, memorisation=3,
+                           gold=[GoldSet(name="users", path=gold)])
     sets = question_sets(sample_dataset, cfg)
-    assert list(sets) == ["users", "test", "paraphrase"] and len(sets["test"]) == 4
+    assert list(sets) == ["test", "knowledge", "memorisation", "users"]
+    assert [len(q.pairs) for q in sets.values()] == [4, 3, 3, 6]
     chosen, gated, baseline = systems(ModelRef(base_model_dir), ModelRef(base_model_dir, identity=base_model_dir),
-                                      None, serve_retrieval=True, compare_modes=True)
+                                      None, Answering(SYSTEM), Answering(SYSTEM, retriever, 2), serve_retrieval=True,
+                                      compare_modes=True)
     assert (gated, baseline) == (ModelLabel.CANDIDATE_RETRIEVAL, ModelLabel.BASE_RETRIEVAL)
     assert set(chosen) == {ModelLabel.CANDIDATE, ModelLabel.BASE, ModelLabel.CANDIDATE_RETRIEVAL,
                            ModelLabel.BASE_RETRIEVAL}
-    prompt = PromptConfig(system_prompt=SYSTEM)
 
     def run() -> object:
-        return evaluate(chosen, sets, prompt, cfg, gated=gated, baseline=baseline, retriever=retriever, top_k=2,
-                        cache_dir=tmp_path / "answers")
+        return evaluate(chosen, sets, cfg, gated=gated, baseline=baseline, gate_on="users",
+                        cache=AnswerCache(tmp_path / "answers"))
 
     report = run()
-    assert [r.question_set for r in (report, *report.other_sets)] == ["users", "test", "paraphrase"]
-    assert report.retrieval_recall is None, "a gold question has no source chunk"
-    assert report.other_sets[0].retrieval_recall is not None
-    assert set(report.by_source) == {"users/standards", "users/connectors"}, "broken down by category"
-    for r in (report, *report.other_sets):
-        assert set(r.metrics) == {label.value for label in chosen}
-        assert {c.a for c in r.comparisons} == {"candidate_retrieval"}
-        assert {c.b for c in r.comparisons} == {"candidate", "base", "base_retrieval"}
-        rows = r.rows
-        assert [row.answers["candidate"] for row in rows] == [row.answers["base"] for row in rows], "same weights"
+    assert report.gate_set == "users" and report.gate_note == ""
+    users = report.sets["users"]
+    assert (users.unit, users.units) == ("groups", 6)
+    assert users.retrieval_recall is None, "a gold question has no source chunk"
+    assert report.sets["test"].retrieval_recall is not None
+    assert set(users.by_source) == {"users/uncategorized"}
+    assert set(users.metrics) == {label.value for label in chosen}, "every system on the gate's set"
+    for name in ("test", "knowledge", "memorisation"):
+        assert set(report.sets[name].metrics) == {"candidate_retrieval", "base_retrieval"}, name
+    for scores in report.sets.values():
+        assert {c.a for c in scores.comparisons} == {"candidate_retrieval"}
+        rows = scores.rows
+        assert [row.answers["candidate_retrieval"] for row in rows] == [row.answers["base_retrieval"]
+                                                                        for row in rows], "the same weights"
+    assert {c.b for c in users.comparisons} == {"candidate", "base", "base_retrieval"}
+    assert "perplexity" in users.metrics["base_retrieval"] and "perplexity" not in users.metrics["base"]
     again = run()
     assert again.reused == ["base", "base_retrieval"], "the base's answers, in both modes, come from the cache"
-    assert again.metrics["base_retrieval"] == report.metrics["base_retrieval"]
+    assert again.sets["users"].metrics["base_retrieval"] == users.metrics["base_retrieval"]
 
 
 @pytest.fixture(scope="module")
@@ -250,14 +258,14 @@ def test_chat_page_streams_an_answer_with_its_sources_in_chromium(served_with_so
 
 
 def test_gold_set_rows_name_the_line_of_a_bad_entry(tmp_path: Path) -> None:
-    from qaforge.evaluation import gold_pairs
+    from qaforge.evaluation.sets import gold_questions
 
     path = tmp_path / "gold.jsonl"
     path.write_text('{"question": "q?", "answer": "a."}\n{"question": "q2?"}\n')
     with pytest.raises(ValueError, match=r"gold.jsonl:2: answer: Field required"):
-        gold_pairs(GoldSet(name="users", path=path))
+        gold_questions(GoldSet(name="users", path=path), 0.95)
     path.write_text('{"question": "q?", "answer": "a.", "category": "fees"}\n')
-    [pair] = gold_pairs(GoldSet(name="users", path=path))
+    [pair] = gold_questions(GoldSet(name="users", path=path), 0.95).pairs
     assert isinstance(pair, QAPair) and (pair.source, pair.kind) == ("users/fees", "fees")
 
 
@@ -267,10 +275,19 @@ def test_the_faq_config_validates_and_names_its_gold_set() -> None:
     assert (REPO / config.evaluation.gold[0].path).exists()
 
 
-def test_every_system_label_is_a_valid_mlflow_metric_name() -> None:
-    """eval/<label>/<metric> is logged for every system; MLflow refuses names with '+'."""
+def test_every_metric_name_is_valid_for_mlflow_and_reads_back() -> None:
+    """eval/<set>/<system>/<metric> is written and read by EvalMetric only; MLflow refuses
+    names with '+', and every system label and unit makes a valid one."""
     from mlflow.utils.validation import _validate_metric_name
 
     for label in ModelLabel:
-        _validate_metric_name(f"eval/{label.value}/rougeL")
-        _validate_metric_name(f"eval/paraphrase/gain_over_{label.value}/rougeL_by_document_low")
+        name = str(EvalMetric("knowledge", label.value, "rougeL"))
+        _validate_metric_name(name)
+        assert EvalMetric.parse(name) == ("knowledge", label.value, "rougeL")
+        for unit in ("questions", "documents", "groups", "categories"):
+            gain = Interval(metric="rougeL", a="candidate", b=label.value, value_a=0.5, value_b=0.4, gain=0.1,
+                            low=0.0, high=0.2, confidence=0.95, resampled=unit)
+            for written in EvalMetric.gains("users", gain):
+                _validate_metric_name(written)
+                assert EvalMetric.parse(written).system == f"gain_over_{label.value}"
+    assert EvalMetric.parse("train/loss") is None and EvalMetric.parse("eval/x/y") is None

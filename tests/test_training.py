@@ -162,15 +162,48 @@ def test_killed_run_resumes_from_its_last_checkpoint(base_model_dir, tmp_path, c
     checkpoints = sorted(int(p.name.split("-")[1]) for p in (work / "checkpoints").glob("checkpoint-*"))
     assert checkpoints and checkpoints[-1] < 16, "killed before the end"
     config = small_config("lora", **RESUMABLE)
-    with caplog.at_level(logging.INFO, logger="steps.train"):
+    with caplog.at_level(logging.INFO, logger="qaforge.training"):
         resumed = fit(sft_dataset(examples(pairs()), None), None, base_model_dir, config, work)
     assert f"resuming training from {work / 'checkpoints' / f'checkpoint-{checkpoints[-1]}'}" in caplog.text
     # The same run without the kill ends with the same weights.
     straight = fit(sft_dataset(examples(pairs()), None), None, base_model_dir, config, tmp_path / "straight")
     assert resumed.steps == straight.steps == 16
+    assert resumed.train_loss == pytest.approx(straight.train_loss, rel=1e-3), "the whole run's loss, not the session's"
     got, expected = (load_file(r.model_dir / "adapter_model.safetensors") for r in (resumed, straight))
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.training
+def test_a_finished_run_is_not_trained_again_and_keeps_its_loss(base_model_dir, tmp_path, caplog) -> None:  # noqa: ANN001
+    """A rerun of the same plan finds the finished run: no trainer, no zero-step resume
+    reporting a loss of 0, the same model folder and the loss it really had."""
+    config = small_config("lora", max_steps=4, eval_steps=None, early_stopping_patience=None, save_steps=2)
+    first = fit(sft_dataset(examples(pairs(8)), None), None, base_model_dir, config, tmp_path)
+    with caplog.at_level(logging.INFO, logger="qaforge.training"):
+        again = fit(sft_dataset(examples(pairs(8)), None), None, base_model_dir, config, tmp_path)
+    assert not first.reused and again.reused and "resuming" not in caplog.text
+    assert first.train_loss > 0 and (again.train_loss, again.steps, again.model_dir) == (
+        first.train_loss, first.steps, first.model_dir)
+
+
+def test_an_example_that_would_lose_answer_tokens_is_named_before_training(base_model_dir: str, tmp_path) -> None:  # noqa: ANN001
+    """trl cuts an example longer than max_length from the end, which cuts its answer (or
+    drops it, left with none), silently: training refuses it first, naming it and the
+    length it needs, with the system prompt and earlier turns counted."""
+    from qaforge.config import ModelConfig, PromptConfig
+    from qaforge.records import QADataset, Turn
+    from qaforge.training import train
+
+    long = QAPair(question="What happens at the depot at night?", answer="The chargers run. " * 20, chunk_id="c",
+                  doc_id="d", source="s", kind="fact", grounding=1.0,
+                  history=[Turn(question="What is the depot?", answer="A bus garage with 40 chargers.")])
+    data = QADataset(train=pairs(4) + [long], val=[], test=pairs(1))
+    config = small_config("full", max_length=96, output_dir=tmp_path, eval_steps=None, early_stopping_patience=None)
+    with pytest.raises(ValueError, match=r"training example 4 \('What happens at the depot at night\?'\) is "
+                                         r"\d+ tokens .* over training.max_length=96: trl would cut its answer"):
+        train(data, ModelConfig(cache_dir=Path(base_model_dir).parent), config, PromptConfig())
+    assert not list(tmp_path.iterdir()), "nothing trained, nothing written"
 
 
 def test_replay_sample_is_sized_seeded_and_disjoint_from_the_guard_set() -> None:

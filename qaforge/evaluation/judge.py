@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from statistics import mean
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, Field, create_model
 from tqdm import tqdm
 
 from qaforge.chat_client import ChatClient, Usage
-from qaforge.config import JudgeConfig
-from qaforge.records import PairwiseResult
+from qaforge.config import EvaluationConfig, JudgeConfig
+from qaforge.evaluation.metrics import mean_gain
+from qaforge.records import PairwiseResult, SetReport
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +127,29 @@ def pairwise(
             ties += 1
             inconsistent += first != second and "tie" not in (first, second)
     return PairwiseResult(a=labels[0], b=labels[1], wins=wins, losses=losses, ties=ties, inconsistent=inconsistent)
+
+
+def judge_set(scores: SetReport, gated: str, baseline: str, cfg: EvaluationConfig) -> SetReport:
+    """A question set with the judge's rubric scores (and a CI on the gated system's
+    gain over the baseline) and its pairwise preferences between the two."""
+    judge = cfg.judge
+    rows = scores.rows[: judge.max_examples] if judge.max_examples else scores.rows
+    questions, references = [r.question for r in rows], [r.reference for r in rows]
+    comparisons, metrics = list(scores.comparisons), {k: dict(v) for k, v in scores.metrics.items()}
+    preferences = None
+    if "rubric" in judge.modes:
+        means: dict[str, np.ndarray] = {}
+        for label in scores.metrics:
+            rubric = rubric_scores(questions, references, [r.answers[label] for r in rows], judge)
+            means[label] = np.array([mean(s.values()) for s in rubric])
+            metrics[label]["judge"] = float(means[label].mean())
+            for criterion in judge.criteria:
+                metrics[label][f"judge_{criterion}"] = mean(s[criterion] for s in rubric)
+        comparisons.append(mean_gain("judge", means[gated], means[baseline], (gated, baseline),
+                                     cfg.bootstrap_samples, cfg.confidence))
+    if "pairwise" in judge.modes:
+        preferences = pairwise(questions, references, [r.answers[gated] for r in rows],
+                               [r.answers[baseline] for r in rows], judge, (gated, baseline))
+        metrics[gated]["judge_win_rate"] = preferences.wins / preferences.n
+        metrics[baseline]["judge_win_rate"] = preferences.losses / preferences.n
+    return scores.model_copy(update={"metrics": metrics, "comparisons": comparisons, "pairwise": preferences})

@@ -113,11 +113,13 @@ def paired_bootstrap(
     confidence: float = 0.95,
     seed: int = 0,
     clusters: Sequence[str] | None = None,
+    unit: Resampling = Resampling.DOCUMENTS,
 ) -> Interval:
     """Resample with replacement, score both models on each resample and take the
     percentile interval of the difference. Without `clusters` the n questions are
     resampled; with them (one id per question, e.g. its document), whole clusters are,
-    since questions about one document are not independent of each other."""
+    since questions about one document are not independent of each other; `unit`
+    names what the clusters are."""
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
     everything = np.arange(n)
     rng = np.random.default_rng(seed)
@@ -143,7 +145,7 @@ def paired_bootstrap(
         low=float(np.percentile(gains, tail)),
         high=float(np.percentile(gains, 100 - tail)),
         confidence=confidence,
-        resampled=Resampling.QUESTIONS if clusters is None else Resampling.DOCUMENTS,
+        resampled=Resampling.QUESTIONS if clusters is None else unit,
         clusters=n if clusters is None else len(set(clusters)),
     )
 
@@ -161,10 +163,11 @@ def mean_gain(
 
 def compare(
     a: Scored, b: Scored, labels: tuple[str, str], samples: int, confidence: float, seed: int = 0,
-    clusters: Sequence[str] | None = None,
+    clusters: Sequence[str] | None = None, unit: Resampling = Resampling.DOCUMENTS,
 ) -> list[Interval]:
     """Every metric both models have, as `a - b` with a confidence interval over
-    resampled questions and, given each question's document, over resampled documents."""
+    resampled questions and, given each question's cluster (its document, say), over
+    resampled clusters."""
     n = len(a.predictions)
     return [
         paired_bootstrap(
@@ -177,6 +180,7 @@ def compare(
             confidence,
             seed,
             groups,
+            unit,
         )
         for name in a.names
         if name in b.names and name != "answer_words"

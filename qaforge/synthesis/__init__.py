@@ -3,6 +3,7 @@ LLM), filtered for quality and split by document."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ from qaforge.config import Generator, SynthesisConfig
 from qaforge.records import Chunk, ChunkSet, QADataset, QAPair, Turn
 from qaforge.refusal import is_refusal
 from qaforge.synthesis.filters import QuestionIndex, grounding, malformed
-from qaforge.synthesis.offline import follow_ups_for_chunk, pairs_for_chunk, styled
+from qaforge.synthesis.offline import follow_ups_for_chunk, pairs_for_chunk, sentences, styled
 from qaforge.synthesis.split import split_by_document, unanswerable_pairs
 from qaforge.synthesis.teacher import teacher_pairs
 
@@ -99,15 +100,52 @@ def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair]
     return pairs, dropped, stats
 
 
-def _phrasing_group(pair: QAPair) -> tuple[str, str, str]:
+Group = tuple[str, str, str]
+
+
+def _phrasing_group(pair: QAPair) -> Group:
+    """What the phrasings of one question share: its chunk, its answer and its earlier turn."""
     return pair.chunk_id, pair.answer, pair.history[-1].question if pair.history else ""
 
 
+def _sampled(group: Group, seed: int, share: float) -> bool:
+    """A stable draw per question: adding or removing others never changes it."""
+    digest = hashlib.sha256(f"{seed}:knowledge:{group[0]}:{group[1]}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def hold_out_facts(train: list[QAPair], cfg: SynthesisConfig) -> tuple[list[QAPair], list[QAPair]]:
+    """(train, knowledge): a stable share of the training documents' questions leaves
+    training with every phrasing, and only where no remaining training question is
+    worded as one of its phrasings, no remaining training answer contains one of its
+    answer's sentences, and its document keeps questions in training. A model that
+    answers them right learned the fact (or read it from the passages), not a sentence
+    it was trained to repeat."""
+    groups: dict[Group, list[QAPair]] = {}
+    for pair in train:
+        groups.setdefault(_phrasing_group(pair), []).append(pair)
+    held = {g for g, pairs in groups.items() if not pairs[0].history and pairs[0].kind != "unanswerable"
+            and _sampled(g, cfg.seed, cfg.split.knowledge)}
+    while True:  # a question given back to training can make another one's words or answer trained on
+        kept = [g for g in groups if g not in held]
+        answers, questions = [g[1] for g in kept], {p.question for g in kept for p in groups[g]}
+        trained_documents = {groups[g][0].doc_id for g in kept}
+        clashes = {g for g in held
+                   if groups[g][0].doc_id not in trained_documents
+                   or any(p.question in questions for p in groups[g])
+                   or any(s in answer for s in sentences(g[1]) if len(s.split()) >= 3 for answer in answers)}
+        if not clashes:
+            break
+        held -= clashes
+    return [p for p in train if _phrasing_group(p) not in held], [groups[g][0] for g in groups if g in held]
+
+
 def hold_out_phrasings(train: list[QAPair], val: list[QAPair], test: list[QAPair]) -> tuple[list[QAPair], ...]:
-    """(train, val, test, paraphrase): each training question with rephrasings gives
-    its last one to the paraphrase set, which tests whether the model learned the fact
-    rather than the sentence; val and test keep only first phrasings."""
-    last: dict[tuple[str, str, str], int] = {}
+    """(train, val, test, memorisation): each training question with rephrasings gives
+    its last one to the memorisation set, whose answer stays a training target (its
+    siblings are trained on): recall of a trained answer in new words; val and test
+    keep only first phrasings."""
+    last: dict[Group, int] = {}
     for p in train:
         last[_phrasing_group(p)] = max(last.get(_phrasing_group(p), 0), p.phrasing)
     held = [bool(p.phrasing) and p.phrasing == last[_phrasing_group(p)] for p in train]
@@ -121,7 +159,9 @@ def hold_out_phrasings(train: list[QAPair], val: list[QAPair], test: list[QAPair
 
 def synthesize(chunks: ChunkSet, cfg: SynthesisConfig) -> QADataset:
     pairs, dropped, stats = generate_pairs(chunks, cfg)
-    train, val, test, paraphrase = hold_out_phrasings(*split_by_document(pairs, cfg))
+    train, val, test = split_by_document(pairs, cfg)
+    train, knowledge = hold_out_facts(train, cfg)
+    train, val, test, memorisation = hold_out_phrasings(train, val, test)
     if cfg.unanswerable:
         extra = split_by_document(unanswerable_pairs(cfg), cfg)
         train, val, test = train + extra[0], val + extra[1], test + extra[2]
@@ -132,6 +172,7 @@ def synthesize(chunks: ChunkSet, cfg: SynthesisConfig) -> QADataset:
             "add sources or lower synthesis.min_grounding"
         )
     return QADataset(
-        train=train, val=val, test=test, paraphrase=paraphrase, dropped=dict(dropped), generator=cfg.generator,
+        train=train, val=val, test=test, knowledge=knowledge, memorisation=memorisation, dropped=dict(dropped),
+        generator=cfg.generator,
         generator_stats=stats,
     )

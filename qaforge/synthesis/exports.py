@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from qaforge.prompting import build_messages
-from qaforge.records import QADataset, QAPair
+from qaforge.records import QADataset, QAPair, QuestionSet
 
 SPLITS = ("train", "val", "test")
 
@@ -61,9 +61,13 @@ def dataset_card(data: QADataset, examples: int = 3) -> str:
         "| split | pairs | documents | sources |",
         "|---|---|---|---|",
     ]
-    for name, pairs in {**splits, "paraphrase": data.paraphrase}.items():
+    held = {name: data.question_set(name) for name in (QuestionSet.KNOWLEDGE, QuestionSet.MEMORISATION)}
+    for name, pairs in {**splits, **held}.items():
         lines.append(f"| {name} | {len(pairs)} | {len({p.doc_id for p in pairs})} | {len({p.source for p in pairs})} |")
-    lines += ["", "paraphrase: the held-out phrasing of training questions that have rephrasings (evaluation only)."]
+    lines += ["", "knowledge (evaluation only): questions about training documents held out with every phrasing, whose "
+              "answer sentences no training answer contains.",
+              "", "memorisation (evaluation only): the held-out phrasing of training questions whose other "
+              "phrasings, with the same answer, are trained on."]
     kinds = Counter(p.kind for pairs in splits.values() for p in pairs)
     lines += ["", "## Question kinds", "", *(f"- {k}: {n}" for k, n in kinds.most_common())]
     lines += ["", "## Dropped by filter", "", *(f"- {k}: {n}" for k, n in sorted(data.dropped.items()))]
