@@ -14,10 +14,11 @@ from pathlib import Path
 
 from common import default_config, default_dataset
 
-from qaforge.evaluation import ModelRef, System, evaluate, test_pairs
+from qaforge.evaluation import AnswerCache, ModelRef, System, evaluate, question_sets
 from qaforge.evaluation.report import metrics_text
 from qaforge.modeling import resolve_base_model
 from qaforge.records import ModelLabel
+from qaforge.served import Answering
 from qaforge.training import train
 
 # Each method at its own learning rate, whatever the default config's method is: full
@@ -46,13 +47,14 @@ def main() -> None:
             start = time.perf_counter()
             run = train(data, config.model, cfg.model_copy(update={"output_dir": Path(tmp)}), config.prompt)
             minutes = (time.perf_counter() - start) / 60
-            models = {ModelLabel.CANDIDATE: System(ModelRef(str(run.model_dir))),
-                      ModelLabel.BASE: System(ModelRef(base_dir, identity=base_dir))}
-            report = evaluate(models, {"test": test_pairs(data, evaluation)}, config.prompt, evaluation,
-                              cache_dir=evaluation.cache_dir)
-        print(metrics_text(report.metrics), flush=True)
-        gain = next(c for c in report.comparisons if c.metric == metric)
-        general = next((c for c in report.comparisons if c.metric == "general_accuracy"), None)
+            asked = Answering(config.prompt.system_prompt)
+            models = {ModelLabel.CANDIDATE: System(ModelRef(str(run.model_dir)), asked),
+                      ModelLabel.BASE: System(ModelRef(base_dir, identity=base_dir), asked)}
+            test = {"test": question_sets(data, evaluation)["test"]}
+            report = evaluate(models, test, evaluation, cache=AnswerCache(evaluation.cache_dir))
+        print(metrics_text(report.sets["test"].metrics), flush=True)
+        gain = report.sets["test"].gain(metric, ModelLabel.BASE)
+        general = next((c for c in report.guard.comparisons), None) if report.guard else None
         rows.append((method, cfg.learning_rate, run.fit.steps, minutes, run.fit.best_val_loss, gain, general))
     print(f"\n{'method':<7}{'lr':>8}{'steps':>6}{'train min':>10}{'best val':>9}{metric:>9}"
           f"{'gain [95% CI]':>27}{'gain/min':>9}{'general Δ':>10}")

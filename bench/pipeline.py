@@ -1,9 +1,11 @@
-"""What a rerun costs: the default pipeline cold, again with nothing changed, and again
-after one page of the site was edited, each after `qaforge sources-changed` (the check
-a scheduled retrain makes first), in a fresh project and ZenML store. The dequantized
-base model is shared with the repository's cache (a one-time set-up, not a run).
+"""What a run costs: the default pipeline cold (each step's time, and evaluation's share),
+again with nothing changed, and again after one page of the site was edited, each after
+`qaforge sources-changed` (the check a scheduled retrain makes first), in a fresh
+project and ZenML store. The dequantized base model is shared with the repository's
+cache (a one-time set-up, not a run). `--avx2` runs everything as on a CPU without
+AVX512 and native bf16 (the emulation flags of shared/DESIGN.md).
 
-    python bench/pipeline.py [--config configs/default.yaml] [--page index.html]
+    python bench/pipeline.py [--config configs/default.yaml] [--page index.html] [--cold-only] [--avx2]
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+STEP_TIME = re.compile(r"Step\W+(\w+)\W+has finished in\W+(?:(\d+)h)?(?:(\d+)m)?(?:([\d.]+)s)?")
+
+
+def step_seconds(output: str) -> dict[str, float]:
+    """Each step's duration, as ZenML prints it ("Step `train_step` has finished in 1m37s")."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", output)
+    return {m[1]: 3600 * float(m[2] or 0) + 60 * float(m[3] or 0) + float(m[4] or 0)
+            for m in STEP_TIME.finditer(plain)}
 
 
 def timed(*args: str, cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:
@@ -34,6 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--page", default="index.html", help="The page of the served site to edit.")
+    parser.add_argument("--cold-only", action="store_true", help="Only the cold run.")
+    parser.add_argument("--avx2", action="store_true", help="Emulate an AVX2-only CPU (no native bf16).")
     args = parser.parse_args()
 
     project = Path(tempfile.mkdtemp(prefix="qaforge-bench-pipeline-"))
@@ -43,12 +56,16 @@ def main() -> None:
     (project / "run.yaml").write_text(yaml.safe_dump(run_config))
     site = Path(run_config["parameters"]["config"]["sources"]["web"][0]["serve_dir"])
     env = os.environ | {"ZENML_CONFIG_PATH": str(project / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false",
-                        "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+                        "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", "COLUMNS": "200"} | (
+        AVX2 if args.avx2 else {})
+    capability = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                                env=env, capture_output=True, text=True).stdout.strip()
+    print(f"CPU: torch capability {capability}, {os.cpu_count()} cores", flush=True)
     _, code, out = timed("qaforge", "setup", "-c", "run.yaml", cwd=project, env=env)
     assert code == 0, out
 
     rows = []
-    for label in ("cold", "nothing changed", f"{args.page} edited"):
+    for label in ("cold",) if args.cold_only else ("cold", "nothing changed", f"{args.page} edited"):
         if label.endswith("edited"):
             page = project / site / args.page
             page.write_text(page.read_text().replace(
@@ -62,6 +79,12 @@ def main() -> None:
         rows.append((label, check_s, "changed" if check_code == 0 else "unchanged", run_s, cached))
         print(f"{label}: sources-changed {check_s:.1f} s ({rows[-1][2]}), run {run_s:.1f} s, "
               f"{cached} steps from the cache", flush=True)
+        steps = step_seconds(out)
+        if steps:
+            print("  steps: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items()))
+        if steps.get("evaluate_step"):
+            print(f"  evaluate_step: {steps['evaluate_step']:.1f} s, {steps['evaluate_step'] / run_s:.0%} of the run",
+                  flush=True)
 
     cold = rows[0][3]
     print(f"\n{'run':<22}{'sources-changed':>18}{'says':>11}{'run s':>9}{'cached steps':>14}{'of cold':>9}")

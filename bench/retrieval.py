@@ -1,7 +1,8 @@
 """Closed-book fine-tuning versus retrieval-augmented fine-tuning (RAFT), each scored
 as four systems (base and fine-tuned, closed book and with retrieved passages) on every
-question set of a run config: the unseen-document test split, held-out phrasings of
-training questions, and its gold sets. Prints each system's primary metric, the gains
+question set of a run config: the unseen-document test split, held-out facts of
+training documents, reworded training questions, and its gold sets (every set for the
+systems the gate compares, the gate's set for the other mode). Prints each system's primary metric, the gains
 with document-level 95% intervals, retrieval recall, and the time each stage took.
 
     python bench/retrieval.py [--config configs/default.yaml] [--modes closed raft]
@@ -17,19 +18,20 @@ from pathlib import Path
 from common import REPO, default_chunks, default_config
 
 from qaforge.config import CONTEXT_MARGIN_TOKENS, ContextTraining
-from qaforge.evaluation import ModelRef, evaluate, question_sets, systems
+from qaforge.evaluation import AnswerCache, ModelRef, evaluate, question_sets, systems
 from qaforge.modeling import resolve_base_model
-from qaforge.records import EvalReport, Resampling
+from qaforge.records import Resampling, SetReport
 from qaforge.retrieval import Retriever
+from qaforge.served import Answering
 from qaforge.synthesis import synthesize
 from qaforge.training import train
 
 
-def gains(report: EvalReport, metric: str) -> str:
+def gains(scores: SetReport, metric: str) -> str:
     out = []
-    for c in report.comparisons:
-        if c.metric == metric and c.resampled == Resampling.DOCUMENTS:
-            out.append(f"{c.a} - {c.b}: {c.gain:+.3f} [{c.low:+.3f}, {c.high:+.3f}] ({c.clusters} docs)")
+    for c in scores.comparisons:
+        if c.metric == metric and c.resampled != Resampling.QUESTIONS:
+            out.append(f"{c.a} - {c.b}: {c.gain:+.3f} [{c.low:+.3f}, {c.high:+.3f}] ({c.clusters} {c.resampled})")
     return "\n    ".join(out)
 
 
@@ -51,8 +53,8 @@ def main() -> None:
     times["index"] = time.perf_counter() - start
     top_k, evaluation, metric = config.retrieval.top_k, config.evaluation, config.evaluation.primary_metric
     sets = question_sets(data, evaluation)
-    print(f"{len(chunks.chunks)} chunks; train/val/test/paraphrase {len(data.train)}/{len(data.val)}/"
-          f"{len(data.test)}/{len(data.paraphrase)}; sets {', '.join(f'{k} {len(v)}' for k, v in sets.items())}")
+    print(f"{len(chunks.chunks)} chunks; train/val {len(data.train)}/{len(data.val)}; sets "
+          + ", ".join(f"{name} {q.describe()}" for name, q in sets.items()))
     base = resolve_base_model(config.model)
     for mode in args.modes:
         raft = mode == "raft"
@@ -66,18 +68,20 @@ def main() -> None:
             run = train(data, config.model, training.model_copy(update={"output_dir": Path(tmp)}), config.prompt,
                         retriever=retriever, top_k=top_k)
             times[f"train ({mode})"] = time.perf_counter() - start
+            system_prompt = config.prompt.system_prompt
             chosen, gated, baseline = systems(ModelRef(str(run.model_dir)), ModelRef(base, identity=base), None,
+                                              Answering(system_prompt), Answering(system_prompt, retriever, top_k),
                                               raft, compare_modes=True)
             start = time.perf_counter()
-            report = evaluate(chosen, sets, config.prompt, evaluation, gated=gated, baseline=baseline,
-                              retriever=retriever, top_k=top_k, cache_dir=evaluation.cache_dir)
+            report = evaluate(chosen, sets, evaluation, gated=gated, baseline=baseline, gate_on=evaluation.gate_on,
+                              cache=AnswerCache(evaluation.cache_dir))
             times[f"evaluate ({mode})"] = time.perf_counter() - start
         print(f"\n== {mode}: trained {run.fit.steps} steps, best val loss {run.fit.best_val_loss}", flush=True)
-        for r in (report, *report.other_sets):
+        print(f"gate: {report.gate_set} {report.gate_note}")
+        for r in report.sets.values():
             values = "  ".join(f"{label} {m[metric]:.3f}" for label, m in r.metrics.items())
             recall = f", retrieval recall@{top_k} {r.retrieval_recall:.2f}" if r.retrieval_recall is not None else ""
-            print(f"[{r.question_set}] n={len(r.rows)}{recall}\n    {metric}: {values}\n    {gains(r, metric)}",
-                  flush=True)
+            print(f"[{r.name}] n={len(r.rows)}{recall}\n    {metric}: {values}\n    {gains(r, metric)}", flush=True)
     print("\nseconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
 
 

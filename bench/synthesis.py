@@ -30,7 +30,7 @@ def report(path: Path, repeat: int) -> None:
     found = candidate_pairs(chunks, cfg)[0]
     questions = [(c.question, bool(c.history)) for c in found] + [(q, False) for c in found for q in c.rephrasings]
     bad = [(q, why) for q, follow_up in questions if not follow_up and (why := malformed(q))]
-    kept = len(data.train) + len(data.val) + len(data.test) + len(data.paraphrase)
+    kept = len(data.train) + len(data.val) + len(data.test) + len(data.knowledge) + len(data.memorisation)
     documents = len({c.doc_id for c in chunks.chunks})
     print(f"\n== {path.relative_to(REPO)}: {documents} documents, {len(chunks.chunks)} chunks, "
           f"{len(found)} candidate pairs, {len(questions)} questions with rephrasings")
@@ -47,8 +47,8 @@ def report(path: Path, repeat: int) -> None:
     kinds: dict[str, int] = {}
     for p in data.train + data.val + data.test:
         kinds[p.kind] = kinds.get(p.kind, 0) + 1
-    print(f"kept{kept:>25}  train/val/test/paraphrase {len(data.train)}/{len(data.val)}/{len(data.test)}/"
-          f"{len(data.paraphrase)}; by rule: {dict(sorted(kinds.items()))}")
+    print(f"kept{kept:>25}  train/val/test/knowledge/memorisation {len(data.train)}/{len(data.val)}/"
+          f"{len(data.test)}/{len(data.knowledge)}/{len(data.memorisation)}; by rule: {dict(sorted(kinds.items()))}")
     for p in data.test[:6]:
         print(f"  test question: {p.question}")
     print(f"offline generator: {kept / seconds:,.0f} kept pairs/s ({seconds * 1000:.1f} ms per corpus)")
