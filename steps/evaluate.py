@@ -5,6 +5,7 @@ report written and logged."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import mlflow
@@ -79,8 +80,10 @@ def evaluate_step(
         serve_retrieval=retrieval.serve,
         compare_modes=evaluation.compare_modes,
     )
+    start = time.perf_counter()
     report = evaluate(chosen, question_sets(data, evaluation), evaluation, gated=gated, baseline=baseline,
                       gate_on=evaluation.gate_on, cache=AnswerCache(evaluation.cache_dir))
+    answered = time.perf_counter() - start
     run_name = get_step_context().pipeline_run.name
     out_dir = Path(evaluation.report_dir).resolve() / run_name
     paths = write_report(
@@ -88,6 +91,9 @@ def evaluate_step(
         examples=evaluation.examples_in_report,
     )
     log_report(report, out_dir)
+    print(f"Evaluation: {answered:.1f} s to answer and score, {time.perf_counter() - start - answered:.1f} s to "
+          "write and log the report; seconds per question set and system:")
+    print(metrics_text(report.seconds, corner="system"))
     shown = report.decided_on or next(iter(report.sets.values()))
     print(f"Metrics on the {shown.name} set:")
     print(metrics_text(shown.metrics))

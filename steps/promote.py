@@ -22,7 +22,8 @@ def promote_step(
     if decision.promoted and (zenml_model := get_step_context().model) is not None:
         zenml_model.set_stage(ModelStages.PRODUCTION, force=True)
     mlflow.log_dict(decision.model_dump(mode="json"), "promotion/decision.json")
-    mlflow.set_tags({"promotion.promoted": decision.promoted, "promotion.reason": decision.reason[:5000]})
+    mlflow.set_tags({"promotion.promoted": decision.promoted, "promotion.reason": decision.reason[:5000],
+                     "promotion.question_set": decision.question_set or "none"})
     if decision.versus_production is not None:
         mlflow.log_metrics(
             {

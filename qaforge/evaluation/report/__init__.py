@@ -46,10 +46,11 @@ def write_report(
     return {"markdown": markdown, "html": page, **plots}
 
 
-def metrics_text(metrics: dict[str, dict[str, float]]) -> str:
+def metrics_text(metrics: dict[str, dict[str, float]], corner: str = "metric") -> str:
+    """A column per key of `metrics`, a row per key of its values (named by `corner`)."""
     labels = list(metrics)
     names = list(dict.fromkeys(n for values in metrics.values() for n in values))
-    lines = [f"{'metric':<24}" + "".join(f"{label:>21}" for label in labels)]
+    lines = [f"{corner:<24}" + "".join(f"{label:>21}" for label in labels)]
     lines += [
         f"{n:<24}" + "".join(f"{metrics[label][n]:>21.4f}" if n in metrics[label] else f"{'':>21}" for label in labels)
         for n in names
