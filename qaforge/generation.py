@@ -113,10 +113,8 @@ class _Row:
 class Batch:
     """The rows of one model in flight, with their key/value cache, padded on the left."""
 
-    def __init__(self, model: Weights, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor,
-                 logits: torch.Tensor) -> None:
+    def __init__(self, model: Weights, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
         self.model, self.rows, self.cache, self.mask = model, rows, cache, mask
-        self.prefill_logits = logits  # of each row's first token
         self.eos = _eos_ids(model)
 
     @classmethod
@@ -140,20 +138,21 @@ class Batch:
             past_key_values=cache, use_cache=True, logits_to_keep=1,
         ).logits[:, -1]
         _charge(jobs, time.perf_counter() - start, [len(job.prompt_ids) for job in jobs])
-        batch = cls(model, [_Row(job, _generator(job.sampling, device)) for job in jobs], cache, mask, logits)
+        batch = cls(model, [_Row(job, _generator(job.sampling, device)) for job in jobs], cache, mask)
         if any(job.reference for job in jobs):
             start = time.perf_counter()
-            for job, nll in zip(jobs, batch._score([job.reference or [] for job in jobs])):
+            for job, nll in zip(jobs, batch._score(logits, [job.reference or [] for job in jobs])):
                 job.reference_nll = nll if job.reference is not None else None
             _charge(jobs, time.perf_counter() - start, [len(job.reference or ()) for job in jobs])
         batch._append(logits)
         return batch
 
-    def _score(self, references: Sequence[list[int]]) -> list[tuple[float, int]]:
+    def _score(self, logits: torch.Tensor, references: Sequence[list[int]]) -> list[tuple[float, int]]:
         """(summed negative log-likelihood, token count) of each row's reference answer
-        after its prompt, right after the prefill: only the references' own tokens go
-        through the model, on top of the prompts' cache, which is left as it was."""
-        first = torch.log_softmax(self.prefill_logits.float(), dim=-1)  # each reference's first token
+        after its prompt, right after the prefill (whose `logits` give each reference's
+        first token): only the references' own tokens go through the model, on top of the
+        prompts' cache, which is left as it was."""
+        first = torch.log_softmax(logits.float(), dim=-1)
         results = [(-float(first[i, r[0]]), 1) if r else (0.0, 0) for i, r in enumerate(references)]
         rest = max(len(r) for r in references) - 1
         if rest <= 0:
@@ -169,7 +168,7 @@ class Batch:
         mask = torch.cat([self.mask, (targets != -100).long().to(device)], dim=1)
         positions = self.mask.sum(1, keepdim=True) + torch.arange(rest, device=device)
         saved = [(layer.keys, layer.values) for layer in self.cache.layers]
-        try:  # the cache's layers grow by concatenation, so the saved tensors stay as they were
+        try:  # the references go into columns past the saved ones, so those stay as they were
             logits = self.model.model(input_ids=ids.to(device), attention_mask=mask, position_ids=positions,
                                       past_key_values=self.cache, use_cache=True).logits
         finally:

@@ -121,9 +121,9 @@ def registry_version(uri: str) -> str | None:
         return None
     if parsed.version is not None:
         return parsed.version
-    from qaforge.tracking import version_by_alias_from
-
     from mlflow import MlflowClient
+
+    from qaforge.tracking import version_by_alias_from
 
     found = version_by_alias_from(MlflowClient(), parsed.name, parsed.alias)
     if found is None:
