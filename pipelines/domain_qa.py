@@ -12,6 +12,7 @@ from typing import Any
 from zenml import Model, pipeline
 
 from qaforge.config import config_digest, validate_config
+from qaforge.evaluation.sets import check_gold_sets
 from qaforge.logs import quiet_libraries
 from steps.chunk import chunk_step
 from steps.evaluate import evaluate_step
@@ -25,9 +26,10 @@ from steps.train import train_step
 
 @pipeline(model=Model(name="qaforge", description="Domain QA model fine-tuned by qaforge"))
 def domain_qa_pipeline(config: dict[str, Any]) -> None:
-    # The body runs when the pipeline is compiled, so a bad config fails here,
-    # before any step runs.
+    # The body runs when the pipeline is compiled, so a bad config or gold set fails
+    # here, before any step runs.
     cfg = validate_config(config)
+    check_gold_sets(cfg.evaluation)
     quiet_libraries(cfg.verbose)
     corpus, _, fingerprint = ingest_step(cfg.sources)
     chunks = chunk_step(corpus, cfg.chunking, cfg.model)

@@ -108,7 +108,14 @@ def doctor(config_path: Path) -> None:
 def check_config(config_path: Path) -> None:
     """Validate a run config without running anything: every key, and the checks
     across sections (question sets, prompt and length budgets)."""
+    from qaforge.evaluation.sets import check_gold_sets
+
     cfg = _load(config_path)
+    try:
+        check_gold_sets(cfg.evaluation)
+    except ValueError as exc:
+        click.echo(f"{config_path}: {exc}", err=True)
+        sys.exit(2)
     click.echo(f"{config_path}: ok; question sets: {', '.join(cfg.question_sets())}")
 
 

@@ -22,23 +22,30 @@ from qaforge.retrieval import Retriever
 from qaforge.served import Answering, logged_answering
 
 
-def log_report(report: EvalReport, report_dir: Path) -> None:
-    """Every number as eval/<scope>/<system>/<metric> (EvalMetric), the answers side by
-    side, the report record and the rendered report."""
+def report_metrics(report: EvalReport) -> dict[str, float]:
+    """Every number as eval/<scope>/<system>/<metric> (EvalMetric)."""
+    metrics: dict[str, float] = {}
     for scores in report.sets.values():
         for label, values in scores.metrics.items():
-            mlflow.log_metrics({str(EvalMetric(scores.name, label, name)): value for name, value in values.items()})
+            metrics |= {str(EvalMetric(scores.name, label, name)): value for name, value in values.items()}
         if scores.retrieval_recall is not None:
-            mlflow.log_metric(str(EvalMetric(scores.name, "retrieval", "recall")), scores.retrieval_recall)
+            metrics[str(EvalMetric(scores.name, "retrieval", "recall"))] = scores.retrieval_recall
         for c in scores.comparisons:
-            mlflow.log_metrics(EvalMetric.gains(scores.name, c))
+            metrics |= EvalMetric.gains(scores.name, c)
     if report.guard is not None:
-        mlflow.log_metrics({str(EvalMetric("guard", label, "general_accuracy")): value
-                            for label, value in report.guard.accuracy.items()})
+        metrics |= {str(EvalMetric("guard", label, "general_accuracy")): value
+                    for label, value in report.guard.accuracy.items()}
         for c in report.guard.comparisons:
-            mlflow.log_metrics(EvalMetric.gains("guard", c))
+            metrics |= EvalMetric.gains("guard", c)
     for label, values in report.speed.items():
-        mlflow.log_metrics({str(EvalMetric("speed", label, name)): value for name, value in values.items()})
+        metrics |= {str(EvalMetric("speed", label, name)): value for name, value in values.items()}
+    return metrics
+
+
+def log_report(report: EvalReport, report_dir: Path) -> None:
+    """The numbers (in one request: a tracking server takes hundreds at once), the
+    answers side by side, the report record and the rendered report."""
+    mlflow.log_metrics(report_metrics(report))
     shown = report.decided_on or next(iter(report.sets.values()))
     for name, rows in (("answers", shown.rows), ("general", report.guard.rows if report.guard else [])):
         if rows:

@@ -113,3 +113,15 @@ def test_gate_on_names_a_set_that_will_exist_for_the_generator() -> None:
         validate_config(_raw(evaluation={"gate_on": "knowledge", "knowledge": 0}))
     assert validate_config(_raw(evaluation={"gate_on": "knowledge"})).question_sets() == [
         "test", "knowledge", "memorisation"]
+
+
+def test_a_gold_set_that_cannot_be_read_stops_the_run_before_any_step(tmp_path: Path) -> None:
+    from pipelines.domain_qa import domain_qa_pipeline
+
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(ValueError, match=f"cannot read {missing}"):
+        domain_qa_pipeline.prepare(config=_raw(evaluation={"gold": [{"name": "users", "path": str(missing)}]}))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"parameters": {"config": _raw(evaluation={"gold": [
+        {"name": "users", "path": str(missing)}]})}}))
+    assert f"cannot read {missing}" in run_cli("qaforge", "check-config", "-c", str(path), cwd=REPO, ok=(2,))

@@ -82,11 +82,13 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     # All sources inside the project, as in a checkout: their ids are relative to it.
     shutil.copytree(SAMPLE / "site", root / "site")
     shutil.copy(SAMPLE / "docs" / "fleet-depot-charging.docx", root)
+    shutil.copy(SAMPLE / "smoke-gold.jsonl", root)
     run_config = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
     run_config["model"]["name"] = MODEL
     cfg = run_config["parameters"]["config"]
     cfg["sources"]["web"][0]["serve_dir"] = "site"
     cfg["sources"]["files"] = ["fleet-depot-charging.docx"]
+    cfg["evaluation"]["gold"][0]["path"] = "smoke-gold.jsonl"
     cfg["model"] = {"cache_dir": str(REPO / ".qaforge" / "models")}
     cfg["registry"]["model_name"] = MODEL
     (root / "run.yaml").write_text(yaml.safe_dump(run_config))

@@ -76,6 +76,13 @@ def gold_questions(gold: GoldSet, confidence: float) -> Questions:
     return Questions(gold.name, pairs, Resampling.QUESTIONS, [str(i) for i in range(len(pairs))], note)
 
 
+def check_gold_sets(cfg: EvaluationConfig) -> None:
+    """Read every gold set now: a missing file or a bad line is an error naming it
+    before anything is trained, not after."""
+    for gold in cfg.gold:
+        gold_questions(gold, cfg.confidence)
+
+
 def question_sets(data: QADataset, cfg: EvaluationConfig) -> dict[str, Questions]:
     """Every set to score: the unseen-document test split, the held-out facts of training
     documents, reworded training questions, and users' gold sets."""
