@@ -129,7 +129,7 @@ def test_runs_and_versions_live_in_the_servers(postgres, project, trained: str, 
     assert version.version == "1"
     assert len(version.tags["sources_fingerprint"]) == 64 and len(version.tags["config_digest"]) == 16
     run = client.get_run(version.run_id)
-    assert run.data.metrics["eval/candidate/rougeL"] > run.data.metrics["eval/base/rougeL"]
+    assert run.data.metrics["eval/smoke/candidate/rougeL"] > run.data.metrics["eval/smoke/base/rougeL"]
     # Stored in PostgreSQL, not in a local file: ask the database itself.
     rows = postgres.psql(f"\\c mlflow\nSELECT name, version FROM model_versions WHERE name = '{MODEL}';")
     assert MODEL in rows and "(1 row)" in rows
