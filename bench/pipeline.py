@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--page", default="index.html", help="The page of the served site to edit.")
     parser.add_argument("--cold-only", action="store_true", help="Only the cold run.")
     parser.add_argument("--avx2", action="store_true", help="Emulate an AVX2-only CPU (no native bf16).")
+    parser.add_argument("--log", type=Path, help="Also write each run's whole output here.")
     args = parser.parse_args()
 
     project = Path(tempfile.mkdtemp(prefix="qaforge-bench-pipeline-"))
@@ -79,6 +80,9 @@ def main() -> None:
         rows.append((label, check_s, "changed" if check_code == 0 else "unchanged", run_s, cached))
         print(f"{label}: sources-changed {check_s:.1f} s ({rows[-1][2]}), run {run_s:.1f} s, "
               f"{cached} steps from the cache", flush=True)
+        if args.log:
+            with args.log.open("a") as log:
+                log.write(f"===== {label}\n{out}\n")
         steps = step_seconds(out)
         if steps:
             print("  steps: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in steps.items()))
