@@ -12,7 +12,8 @@ from pathlib import Path
 from qaforge.config import ComputeOptions, QAForgeConfig
 from qaforge.hardware import HardwareError, Machine, Quantization, decide, decide_training, warnings
 
-# The default run's full fine-tuning keeps two checkpoints with optimizer state (~3.6 GB).
+# The default run's full fine-tuning keeps two checkpoints with optimizer state (~3.6 GB)
+# until it finishes.
 MIN_FREE_GB = 5.0
 
 

@@ -10,9 +10,13 @@ index; a plain folder carries none, and whoever loads it says how it is asked.
 from __future__ import annotations
 
 import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from qaforge.config import InferenceOptions
 from qaforge.prompting import encode_prompt, last_question, with_retrieved, with_system_prompt
@@ -146,8 +150,8 @@ def artifact_location(uri: str) -> str:
 
 
 def logged_file(location: str, path: str, into: Path | None = None) -> Path:
-    """One file or folder of a logged model, downloaded (into a temporary folder unless
-    `into` is given; a local store hands its own path)."""
+    """One file or folder of a logged model, downloaded into `into` (a local store hands
+    its own path when `into` is None)."""
     import mlflow
 
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/{path}",
@@ -160,16 +164,31 @@ def logged_flavor(location: str, into: Path | None = None) -> dict[str, Any]:
     return Model.load(logged_file(location, "MLmodel", into)).flavors["python_function"]
 
 
-def _answering_at(location: str, flavor: dict[str, Any]) -> Answering:
+@contextmanager
+def download_dir(location: str) -> Iterator[Path | None]:
+    """Where a logged model's files are downloaded while they are read into memory: None
+    for a local store, which hands its own paths; otherwise a temporary folder removed
+    afterwards, since mlflow leaves each download it makes without a destination behind
+    (a 0.5 GB copy of the weights per load, on every scheduled evaluation)."""
+    if urlparse(location).scheme in ("", "file"):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="qaforge-download-") as tmp:
+        yield Path(tmp)
+
+
+def _answering_at(location: str, flavor: dict[str, Any], into: Path | None) -> Answering:
     config = flavor.get("config") or {}
     index = flavor["artifacts"].get(INDEX_ARTIFACT)
-    return Answering.logged(config, logged_file(location, index["path"]) if index and config.get(TOP_K_KEY) else None)
+    return Answering.logged(config,
+                            logged_file(location, index["path"], into) if index and config.get(TOP_K_KEY) else None)
 
 
 def logged_answering(uri: str) -> Answering:
     """How a logged model is asked, read without downloading its weights."""
     location = artifact_location(uri)
-    return _answering_at(location, logged_flavor(location))
+    with download_dir(location) as into:
+        return _answering_at(location, logged_flavor(location, into), into)
 
 
 def load_model(uri: str, options: InferenceOptions | None = None) -> LoadedModel:
@@ -186,8 +205,9 @@ def load_model(uri: str, options: InferenceOptions | None = None) -> LoadedModel
     version = registry_version(uri)
     parsed = ModelsUri.parse(uri)
     location = artifact_location(str(ModelsUri(parsed.name, version=version)) if parsed else uri)
-    flavor = logged_flavor(location)
-    answering = _answering_at(location, flavor)
-    weights = logged_file(location, flavor["artifacts"][WEIGHTS_ARTIFACT]["path"])
-    model, tokenizer = load_for_inference(str(weights), options)
+    with download_dir(location) as into:
+        flavor = logged_flavor(location, into)
+        answering = _answering_at(location, flavor, into)
+        weights = logged_file(location, flavor["artifacts"][WEIGHTS_ARTIFACT]["path"], into)
+        model, tokenizer = load_for_inference(str(weights), options)
     return LoadedModel(uri, model_name(uri), version, model, tokenizer, answering)

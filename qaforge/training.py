@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import resource
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -276,6 +277,9 @@ def fit(
         history=history,
     )
     fitted.save(work_dir / RESULT_FILE)
+    # Checkpoints only serve to resume an interrupted run; a full fine-tune's two with
+    # optimizer state are ~3 GB the finished run would otherwise keep for ever.
+    shutil.rmtree(args.output_dir, ignore_errors=True)
     return fitted
 
 

@@ -3,7 +3,9 @@ tests never touch the user's ZenML store, never send analytics, never download."
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 os.environ["ZENML_CONFIG_PATH"] = tempfile.mkdtemp(prefix="qaforge-zenml-")
+# Its local artifact store holds every test pipeline's models (~1 GB a session).
+atexit.register(shutil.rmtree, os.environ["ZENML_CONFIG_PATH"], ignore_errors=True)
 os.environ.update(
     ZENML_ANALYTICS_OPT_IN="false",
     ZENML_LOGGING_COLORS_DISABLED="true",

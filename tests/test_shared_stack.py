@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,7 +91,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     cfg["model"] = {"cache_dir": str(REPO / ".qaforge" / "models")}
     cfg["registry"]["model_name"] = MODEL
     (root / "run.yaml").write_text(yaml.safe_dump(run_config))
-    env = os.environ | CREDENTIALS | {"ZENML_CONFIG_PATH": tempfile.mkdtemp(prefix="qaforge-zenml-shared-"),
+    env = os.environ | CREDENTIALS | {"ZENML_CONFIG_PATH": str(root / "zenml-config"),
                                       "COLUMNS": "200", "ZENML_AUTO_OPEN_DASHBOARD": "false"}
     return root, env
 

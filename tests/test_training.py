@@ -95,7 +95,8 @@ def test_forced_precision_trains_in_that_precision(base_model_dir, tmp_path, pre
     result = fit(sft_dataset(examples(pairs(8)), None), None, base_model_dir, config, tmp_path)
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert result.steps == 4 and losses[-1] < losses[0], losses
-    args = torch.load(tmp_path / "checkpoints" / "checkpoint-4" / "training_args.bin", weights_only=False)
+    assert not (tmp_path / "checkpoints").exists(), "a finished run keeps no checkpoints"
+    args = torch.load(result.model_dir / "training_args.bin", weights_only=False)
     assert (args.bf16, args.fp16, args.use_cpu) == (precision is Precision.BF16, False, True)
 
 
