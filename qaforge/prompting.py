@@ -35,9 +35,18 @@ def build_messages(
     return messages
 
 
-def last_question(messages: list[dict[str, str]]) -> str:
-    """The newest user turn: what a served conversation retrieves for."""
-    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+def retrieval_query(questions: Sequence[str]) -> str:
+    """What a conversation retrieves for, given its user turns in order: the newest,
+    after the one before it. A follow-up ("And what about at home?") rarely names its
+    subject, which the turn before did; the newest turn comes twice so that what it asks
+    about outweighs the earlier subject (BM25 counts a repeated query term twice)."""
+    newest = questions[-1] if questions else ""
+    return " ".join([*questions[-2:-1], newest, newest]) if len(questions) > 1 else newest
+
+
+def conversation_query(messages: list[dict[str, str]]) -> str:
+    """`retrieval_query` of a served conversation."""
+    return retrieval_query([m["content"] for m in messages if m["role"] == "user"])
 
 
 def with_retrieved(messages: list[dict[str, str]], context: Sequence[Passage]) -> list[dict[str, str]]:

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from qaforge.config import InferenceOptions
-from qaforge.prompting import encode_prompt, last_question, with_retrieved, with_system_prompt
+from qaforge.prompting import conversation_query, encode_prompt, with_retrieved, with_system_prompt
 from qaforge.records import Passage
 from qaforge.retrieval import Retriever
 
@@ -75,10 +75,11 @@ class Answering:
         return self.retriever is not None and self.top_k > 0
 
     def retrieve(self, messages: list[dict[str, str]]) -> list[Passage] | None:
-        """The passages for the conversation's newest question; None when closed book."""
+        """The passages for the conversation's newest question in the context of the one
+        before it; None when closed book."""
         if not self.retrieves:
             return None
-        return self.retriever.search(last_question(messages), self.top_k)
+        return self.retriever.search(conversation_query(messages), self.top_k)
 
     def conversation(self, messages: list[dict[str, str]], passages: list[Passage] | None
                      ) -> list[dict[str, str]]:

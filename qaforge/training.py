@@ -33,7 +33,7 @@ from qaforge.fsutil import write_atomic
 from qaforge.general_data import ReplayExample, read_jsonl
 from qaforge.hardware import Compute, Device, Machine, Precision, Quantization, decide_training, quantization_config
 from qaforge.modeling import load_tokenizer, resolve_base_model
-from qaforge.prompting import build_messages
+from qaforge.prompting import build_messages, retrieval_query
 from qaforge.records import Passage, QADataset, QAPair, Turn
 from qaforge.retrieval import Retriever
 
@@ -66,7 +66,8 @@ def with_passages(found: list[Example], retriever: Retriever, top_k: int, cfg: C
     the configured refusal. Replay and unanswerable questions get distractors only and
     keep their answers, so the model learns to ignore passages that do not help."""
     rng = random.Random(seed)
-    distractors = retriever.search_many([e.question for e in found], top_k, exclude=[e.source_id for e in found])
+    queries = [retrieval_query([*(t.question for t in e.history), e.question]) for e in found]
+    distractors = retriever.search_many(queries, top_k, exclude=[e.source_id for e in found])
     result = []
     for example, others in zip(found, distractors):
         source = retriever.by_id.get(example.source_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 from qaforge.config import ContextTraining, EvaluationConfig, GoldSet, ServingConfig, load_config
 from qaforge.evaluation import AnswerCache, ModelRef, evaluate, question_sets, systems
 from qaforge.prompting import CONTEXT_INTRO, build_messages, with_retrieved, with_system_prompt
-from qaforge.records import EvalMetric, Interval, ModelLabel, QAPair
+from qaforge.records import Chunk, ChunkSet, EvalMetric, Interval, ModelLabel, QAPair, Turn
 from qaforge.retrieval import Retriever
 from qaforge.served import Answering
 from qaforge.training import Example, examples, with_passages
@@ -38,6 +39,32 @@ def test_retrieval_finds_the_source_chunk_of_a_known_question(retriever: Retriev
     # Over the whole test split (the questions the offline generator wrote from these chunks).
     recall = retriever.recall([p.question for p in sample_dataset.test], [p.chunk_id for p in sample_dataset.test], 3)
     assert recall is not None and recall >= 0.7, recall
+
+
+def test_a_follow_up_retrieves_in_the_context_of_the_question_before_it() -> None:
+    """"How much does it cost?" names no subject: alone it matches every page about
+    costs; after "Can I charge my car at work?" it finds the workplace page, in serving
+    and evaluation (`Answering`) and in RAFT's training examples alike."""
+    def chunk(name: str, text: str) -> Chunk:
+        return Chunk(chunk_id=name, doc_id=name, source=f"{name}.html", title=name.title(), headings=[], text=text,
+                     token_count=len(text.split()), doc_content_hash=name, fetched_at=datetime.now(UTC),
+                     converter="test")
+
+    index = Retriever.build(ChunkSet(chunks=[
+        chunk("workplace", "Employers install Level 2 chargers in office car parks, so staff can charge at work. "
+                           "Charging at work typically costs 0.20 per kWh."),
+        chunk("public", "Public DC fast charging costs about 0.50 per kWh on most networks."),
+        chunk("home", "The cost of home charging depends on the electricity tariff; off-peak rates cost less."),
+        chunk("tyres", "Check the tyre pressure of the car once a month."),
+    ]))
+    first, follow_up = "Can I charge my car at work?", "How much does it cost?"
+    assert index.search(follow_up, 1)[0].chunk_id != "workplace", "the follow-up alone must not find it"
+    conversation = [{"role": "user", "content": first}, {"role": "assistant", "content": "Yes, at many offices."},
+                    {"role": "user", "content": follow_up}]
+    assert Answering(None, index, 1).retrieve(conversation)[0].chunk_id == "workplace"
+    [raft] = with_passages([Example(follow_up, "About 0.20 per kWh.", (Turn(question=first, answer="Yes."),),
+                                    source_id="tyres")], index, 2, ContextTraining(with_source=0.0), seed=0)
+    assert raft.context[0].chunk_id == "workplace", [p.chunk_id for p in raft.context]
 
 
 def test_an_off_topic_question_gets_no_passages(retriever: Retriever) -> None:

@@ -11,13 +11,16 @@ from statistics import mean
 import numpy as np
 
 from qaforge.config import EvaluationConfig
-from qaforge.evaluation.answers import AnswerCache, Answers, Ask, LazyModel, ModelRef, System, answer, as_asked, speed
+from qaforge.evaluation.answers import (
+    AnswerCache, Answers, Ask, LazyModel, ModelRef, System, answer, as_asked, messages_of, speed,
+)
 from qaforge.evaluation.judge import judge_set
-from qaforge.evaluation.metrics import Scored, compare, contains_any, mean_gain, score_answers
+from qaforge.evaluation.metrics import Scored, compare, contains_any, mean_gain, numeric_accuracy, score_answers
 from qaforge.evaluation.sets import Questions, gate_set
 from qaforge.general_data import GeneralQuestion, read_jsonl
 from qaforge.records import EvalReport, EvalRow, GuardReport, ModelLabel, QAPair, Resampling, SetReport
 from qaforge.refusal import is_refusal
+from qaforge.prompting import conversation_query
 from qaforge.served import Answering
 
 log = logging.getLogger(__name__)
@@ -65,8 +68,8 @@ def retrieval_recall(questions: Questions, systems: dict[ModelLabel, System]) ->
     answering = next((s.answering for s in systems.values() if s.answering.retrieves), None)
     if answering is None:
         return None
-    return answering.retriever.recall([p.question for p in questions.pairs], [p.chunk_id for p in questions.pairs],
-                                      answering.top_k)
+    return answering.retriever.recall([conversation_query(messages_of(p)) for p in questions.pairs],
+                                      [p.chunk_id for p in questions.pairs], answering.top_k)
 
 
 def score_set(questions: Questions, answers: dict[ModelLabel, Answers], systems: dict[ModelLabel, System],
@@ -74,7 +77,8 @@ def score_set(questions: Questions, answers: dict[ModelLabel, Answers], systems:
     pairs = questions.pairs
     references = [p.answer for p in pairs]
     scored = {label: score_answers(found.answers, references, found.nll or None) for label, found in answers.items()}
-    metrics = {label: scored[label].summary() | refusal_rates(found.answers, pairs) for label, found in answers.items()}
+    metrics = {label: scored[label].summary() | refusal_rates(found.answers, pairs)
+               | numeric_accuracy(found.answers, references) for label, found in answers.items()}
     for label in metrics:
         log.info("%s, %s: %s", questions.name, label, {k: round(v, 4) for k, v in metrics[label].items()})
     clusters = None if questions.unit == Resampling.QUESTIONS else questions.clusters
