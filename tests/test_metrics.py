@@ -8,7 +8,7 @@ import pytest
 import sacrebleu
 
 from qaforge.evaluation.metrics import (
-    compare, contains_any, normalize_answer, paired_bootstrap, score_answers, token_f1,
+    compare, contains_any, normalize_answer, numbers, numeric_accuracy, paired_bootstrap, score_answers, token_f1,
 )
 from qaforge.evaluation.report import metrics_text
 from qaforge.refusal import is_refusal
@@ -20,6 +20,19 @@ def test_token_f1_by_hand() -> None:
     assert token_f1("", "") == 1.0
     assert token_f1("dog", "cat") == 0.0
     assert normalize_answer("The  Type-2 plug!") == "type2 plug"
+
+
+def test_numeric_accuracy_asks_for_every_figure_of_the_reference() -> None:
+    """A well-worded answer with a wrong figure scores high on ROUGE-L and zero here;
+    questions whose reference states no figure are not counted."""
+    reference = "A charge from 10% to 80% typically takes about 18 to 45 minutes on a high-power charger."
+    wrong = "A charge from 10% to 80% typically takes about 2 to 10 hours on a high-power charger."
+    right = "It takes about 18 to 45 minutes to go from 10 to 80 percent."
+    assert numbers("1,500 W at 7.40 kW, 230 V") == {"1500", "7.4", "230"}
+    assert numeric_accuracy([wrong], [reference]) == {"numeric_accuracy": 0.0}
+    assert score_answers([wrong], [reference]).summary()["rougeL"] > 0.8
+    assert numeric_accuracy([right, "Yes, it does."], [reference, "Yes."]) == {"numeric_accuracy": 1.0}
+    assert numeric_accuracy(["Yes."], ["No figures here."]) == {}
 
 
 def test_identical_answers_score_perfectly() -> None:

@@ -22,10 +22,12 @@ from sacrebleu.metrics import BLEU, CHRF
 from qaforge.records import Interval, Resampling
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
-# What a model says when it declines: the trained refusal and the usual phrasings.
+# A figure as written: "18", "7.4", "1,500" (thousands commas are not decimal marks here).
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:,\d{3})*(?:\.\d+)?")
 CORPUS = {"bleu": BLEU(), "chrf": CHRF()}
 # Metrics where lower is better; every gain below is "candidate minus other", signed so higher is better.
 LOWER_IS_BETTER = frozenset({"perplexity"})
+NUMERIC_ACCURACY = "numeric_accuracy"
 
 
 def normalize_answer(text: str) -> str:
@@ -41,6 +43,20 @@ def token_f1(prediction: str, reference: str) -> float:
         return float(predicted == expected)
     precision, recall = overlap / len(predicted), overlap / len(expected)
     return 2 * precision * recall / (precision + recall)
+
+
+def numbers(text: str) -> set[str]:
+    """The figures a text states, normalized so "1,500" and "1500" are one figure."""
+    return {m.replace(",", "").rstrip("0").rstrip(".") if "." in m else m.replace(",", "")
+            for m in _NUMBER.findall(text)}
+
+
+def numeric_accuracy(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Of the questions whose reference answer states figures, the share answered with
+    all of them: ROUGE gives a wrong figure in a well-worded sentence most of its
+    credit, a user gives it none. Empty when no reference states a figure."""
+    stated = [numbers(r) <= numbers(p) for p, r in zip(predictions, references) if numbers(r)]
+    return {NUMERIC_ACCURACY: float(np.mean(stated))} if stated else {}
 
 
 def contains_any(answer: str, accepted: list[str]) -> bool:
