@@ -1,8 +1,10 @@
-"""Offline QA generation on the sample corpus and on the FAQ corpus: pairs per second,
-the share of candidate questions each filter keeps, and the share of malformed ones
-(a verb or pronoun as subject, doubled punctuation, a question inside a question).
+"""Offline QA generation on the sample, FAQ and owner's-manual corpora: pairs per
+second, the share of candidate questions each filter keeps, the share of malformed ones
+(a verb or pronoun as subject, doubled punctuation, a question inside a question, a
+clause cut off) and the share of each kind of question kept (how-to, troubleshooting,
+definition, table, ...).
 
-    python bench/synthesis.py [--repeat 5] [--configs configs/default.yaml configs/faq.yaml]
+    python bench/synthesis.py [--repeat 5] [--configs configs/default.yaml configs/faq.yaml configs/manual.yaml]
 """
 
 from __future__ import annotations
@@ -47,8 +49,13 @@ def report(path: Path, repeat: int) -> None:
     kinds: dict[str, int] = {}
     for p in data.train + data.val + data.test:
         kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    total = sum(kinds.values())
     print(f"kept{kept:>25}  train/val/test/knowledge/memorisation {len(data.train)}/{len(data.val)}/"
-          f"{len(data.test)}/{len(data.knowledge)}/{len(data.memorisation)}; by rule: {dict(sorted(kinds.items()))}")
+          f"{len(data.test)}/{len(data.knowledge)}/{len(data.memorisation)}")
+    print("kinds of train/val/test questions: " + ", ".join(
+        f"{kind} {n / total:.0%}" for kind, n in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    how_to = sum(p.question.startswith(("How do I", "How can I")) for p in data.train + data.val + data.test)
+    print(f"how-to questions: {how_to / total:.0%}")
     for p in data.test[:6]:
         print(f"  test question: {p.question}")
     print(f"offline generator: {kept / seconds:,.0f} kept pairs/s ({seconds * 1000:.1f} ms per corpus)")
@@ -58,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--configs", nargs="+", type=Path,
-                        default=[REPO / "configs" / "default.yaml", REPO / "configs" / "faq.yaml"])
+                        default=[REPO / "configs" / name for name in ("default.yaml", "faq.yaml", "manual.yaml")])
     args = parser.parse_args()
     for path in args.configs:
         report(path.resolve(), args.repeat)

@@ -68,6 +68,76 @@ def test_numbered_steps_make_a_procedure_question() -> None:
         (kind, q[0], a) for kind, q, a in pairs_for_chunk(chunk, 10)]
 
 
+def test_questions_of_a_manual_are_the_ones_its_readers_ask() -> None:
+    """Task headings give "How do I ...?" (the verb as the section uses it), problem
+    headings "What should I do if ...?" and "Why ...?", and a heading that names a thing
+    ("Charging Networks") or a page title never gives "What does the <title> material
+    say about ...?"."""
+    task = _chunk("Attach the antenna for better reception.\n1. Connect the antenna cable to the ANT IN port.\n"
+                  "2. Tighten the connector by hand.", ["Installation", "Connecting an Antenna"])
+    stop = _chunk("Check that the batteries are inserted with + and - the right way round, and replace them if "
+                  "the indicator does not light when you press a button.", ["Troubleshooting",
+                                                                             "The Remote Control Does Not Work"])
+    prose = _chunk("Use sleep mode at night: the fan runs at its lowest speed and the display turns off after "
+                   "10 seconds.", ["Using Sleep Mode"])
+    thing = _chunk("Charging networks are groups of public stations that are managed through one app and one "
+                   "account for their drivers.", ["Charging Networks"])
+    found = {kind_q: a for chunk in (task, stop, prose, thing)
+             for kind, qs, a in pairs_for_chunk(chunk, 10) for kind_q in [(kind, q) for q in qs]}
+    assert found[("procedure", "How do I connect an antenna?")].startswith("1. Connect the antenna cable")
+    assert ("procedure", "What are the steps to connect an antenna?") in found
+    assert found[("troubleshooting", "What should I do if the remote control does not work?")].startswith("Check")
+    assert ("troubleshooting", "Why does the remote control not work?") in found
+    assert ("task", "How do I use sleep mode?") in found
+    assert not any(q.startswith("How do I charge") for _, q in found), "a gerund naming a thing is no task"
+    assert not any("material say" in q for _, q in found)
+
+
+def test_table_questions_follow_the_kind_of_table() -> None:
+    """Docling writes a row as "<row>, <column> = <value>.": a specification table is
+    asked for its rows ("What is the weight?"), a troubleshooting table's rows are
+    problems, a maintenance table's are tasks."""
+    chunk = _chunk("Weight, Value = 5.2 kg (11.5 lb). Rated power, Value = 45 W.\n"
+                   "The buttons do not respond, Possible cause = The control panel is locked. "
+                   "The buttons do not respond, Solution = Hold the Lock button for 3 seconds.\n"
+                   "Weak airflow, Solution = Clean the pre-filter.\n"
+                   "Replace the HEPA filter, How often = Every 6 to 12 months.", ["Specifications"])
+    found = {q: a for _, qs, a in pairs_for_chunk(chunk, 20) for q in qs}
+    assert found["What is the weight?"] == "The weight is 5.2 kg (11.5 lb)."
+    assert found["What is the rated power?"] == "The rated power is 45 W."
+    assert found["What should I do if the buttons do not respond?"] == "Hold the Lock button for 3 seconds."
+    assert found["Why do the buttons not respond?"] == "The control panel is locked."
+    assert found["What should I do about weak airflow?"] == "Clean the pre-filter."
+    assert found["How often should I replace the HEPA filter?"].endswith("6 to 12 months.")
+    assert not any(q.startswith(("What is the value", "What is the solution")) for q in found)
+
+
+def test_a_definition_question_is_answered_by_a_definition() -> None:
+    """"What is X?" only where the sentence says what X is: not where it says how X is
+    measured, what it is like, or where a clause was taken for the subject."""
+    chunk = _chunk("Battery capacity is measured in kilowatt-hours. Full library cards are valid for 3 years. "
+                   "Hours are the same every week of the year. Returning items late when you are away is fine. "
+                   "Many vehicles are sold with a portable cord set. A charging network is a group of stations. "
+                   "Demand charges are fees that depend on peak power.")
+    questions = {q[0] for kind, q, _ in pairs_for_chunk(chunk, 20) if kind == "definition"}
+    assert questions == {"What is a charging network?", "What are demand charges?"}, questions
+
+
+def test_a_section_answer_is_its_prose_not_its_navigation() -> None:
+    """Converted pages open sections with "From the guide [Parent](parent.html)." and
+    link lists: neither is an answer, and a link reads as its text."""
+    chunk = _chunk("From the guide\n[EV Charging Levels](levels.html)\n.\nDC fast charging supplies direct current "
+                   "straight to the battery and typically delivers 50 kW to 350 kW. See [Connectors](connectors.html) "
+                   "for the plugs it uses.", ["DC Fast Charging"])
+    chunk = chunk.model_copy(update={"title": "DC Fast Charging - EV Charging Levels"})
+    answers = [a for kind, _, a in pairs_for_chunk(chunk, 10) if kind == "section"]
+    assert answers == ["DC fast charging supplies direct current straight to the battery and typically delivers "
+                       "50 kW to 350 kW. See Connectors for the plugs it uses."]
+    links = _chunk("- [Connectors](connectors.html)\n- [Levels](levels.html)\n- [Costs](costs.html)",
+                   ["More on this topic"])
+    assert pairs_for_chunk(links, 10) == []
+
+
 def test_follow_up_asks_about_the_defined_term_with_a_pronoun() -> None:
     chunk = _chunk(
         "A smart charger is a networked charger that connects by Wi-Fi. "
@@ -147,6 +217,9 @@ def test_fact_rule_needs_a_real_subject(sentence: str, expected: str | None) -> 
         ("What is it?", "a verb or pronoun as the subject"),
         ("Fees", "fewer than three words"),
         ("Tell me about the fees", "no question mark at the end"),
+        ("What is meant by returning items late when you?", "a clause cut off"),
+        ("What is the power for Level 2, 48 A?", None),
+        ("Why is there an unusual smell?", None),
         ("How do I renew my items?", None),
         ("What do I need to bring to sign up?", None),
         ("What do Level 2 chargers deliver?", None),

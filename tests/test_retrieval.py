@@ -15,6 +15,7 @@ import pytest
 
 from qaforge.config import ContextTraining, EvaluationConfig, GoldSet, ServingConfig, load_config
 from qaforge.evaluation import AnswerCache, ModelRef, evaluate, question_sets, systems
+from qaforge.evaluation.sets import gold_questions
 from qaforge.prompting import CONTEXT_INTRO, build_messages, with_retrieved, with_system_prompt
 from qaforge.records import Chunk, ChunkSet, EvalMetric, Interval, ModelLabel, QAPair, Turn
 from qaforge.retrieval import Retriever
@@ -296,10 +297,13 @@ def test_gold_set_rows_name_the_line_of_a_bad_entry(tmp_path: Path) -> None:
     assert isinstance(pair, QAPair) and (pair.source, pair.kind) == ("users/fees", "fees")
 
 
-def test_the_faq_config_validates_and_names_its_gold_set() -> None:
-    config = load_config(REPO / "configs" / "faq.yaml")
+@pytest.mark.parametrize("name", ["faq", "manual"])
+def test_the_other_corpora_configs_validate_and_name_their_gold_sets(name: str) -> None:
+    config = load_config(REPO / "configs" / f"{name}.yaml")
     assert [g.name for g in config.evaluation.gold] == ["users"]
-    assert (REPO / config.evaluation.gold[0].path).exists()
+    gold = gold_questions(config.evaluation.gold[0].model_copy(update={"path": REPO / config.evaluation.gold[0].path}),
+                          config.evaluation.confidence)
+    assert len(gold.pairs) == 40 and gold.units >= 6, gold.describe()
 
 
 def test_every_metric_name_is_valid_for_mlflow_and_reads_back() -> None:

@@ -28,8 +28,13 @@ _MALFORMED = [
     ("repeated punctuation", re.compile(r"[?!.,;:]{2,}")),
     ("a question inside the question", re.compile(r"\?.*\S.*$")),
     ("a question word as the subject", re.compile(rf"^{_WH}\s+(?:do|does|is|are|did|can)\s+{_WH}\b", re.I)),
-    ("a verb or pronoun as the subject", re.compile(rf"^{_WH}\s+(?:do|does|is|are)\s+{_NOT_SUBJECT}\b", re.I)),
+    # "Why is there a waiting list?" is English; "What is there?" on its own is not asked.
+    ("a verb or pronoun as the subject",
+     re.compile(rf"^{_WH}\s+(?:do|does|is|are)\s+(?!there\s+\w){_NOT_SUBJECT}\b", re.I)),
     ("a repeated word", re.compile(r"\b(\w+)\s+\1\b", re.I)),
+    # "What is meant by renewing when you?": a subject cut off inside a clause.
+    ("a clause cut off", re.compile(r"\b(?:(?i:when|if|while|because|and|or|to|of|with|you|we|they|your)"
+                                    r"|the|a|an)\?$")),
 ]
 
 

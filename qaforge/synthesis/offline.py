@@ -1,15 +1,21 @@
 """The offline QA generator: no model, no network. It turns headings that are
-questions (FAQ pages), definitions, subject-verb facts, advice, table cells, numbered
+questions (FAQ pages), task headings ("Connecting an Antenna" -> "How do I connect an
+antenna?"), problem headings ("The fan is louder than usual" -> "What should I do if
+...?", "Why ...?"), definitions, subject-verb facts, advice, table cells (asked by the
+kind of table: specifications, troubleshooting, legends, schedules), numbered
 procedures and section openings of a chunk into questions whose answers are sentences
 taken from (or built from) the chunk itself, plus two-turn follow-ups about a
 just-defined term. Each question comes in several phrasings, so a model learns the
-fact rather than one sentence, and one phrasing can be held out to test that. The
-rules are about English grammar only: no word of any domain is in them."""
+fact rather than one sentence. The rules are about English grammar (verb forms from
+lemminflect) and the words documents use for their own parts ("troubleshooting",
+"solution"): no word of any domain is in them."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+
+from lemminflect import getLemma
 
 from qaforge.records import Chunk, Turn
 
@@ -33,7 +39,7 @@ NOT_SUBJECTS = frozenset(
     "add use check make keep avoid plug set turn ask install choose follow do never always "
     "contact try confirm ensure verify move wait park unplug select note remember consider "
     "look call open close start stop remove replace reset press tap read see find divide "
-    "multiply mount run charge please".split()
+    "multiply mount run charge please clean wipe wash update in on at for with from by after before during under over".split()
 )
 # Words that cannot be inside a subject noun phrase before its verb: they mean the
 # matched "verb" is an infinitive ("works to protect") or follows an auxiliary.
@@ -44,9 +50,16 @@ _DEFINITION = re.compile(
     r"^(?:(?:An?|The) )?(?P<term>[A-Z0-9][^,;:()]{1,60}?)(?: \([^)]{1,30}\))? "
     r"(?P<verb>is|are|refers to|means) (?P<rest>.{10,})$"
 )
+# Words that make a "term" a clause or a quantity rather than a name ("Returning items
+# when you", "Many vehicles", "Your card").
+NOT_A_TERM = frozenset("when if while because you your we our they their i my he she his her it its many all "
+                       "some most several each every both any few".split())
+# Superlatives and comparisons after the copula rank or compare; they do not define.
+_NOT_CLASSIFYING = re.compile(r"^the (?:same|only|first|last|most|least|\w+est)\b", re.IGNORECASE)
 _ADVICE = re.compile(r"^(?P<subject>[A-Z][^,;:]{2,50}?) (?P<modal>should|must) (?P<rest>.{10,})$")
 # Docling serializes a table row as "Row key, Column = value. Row key, Column = value."
 _TABLE_CELL_BREAK = re.compile(r"\. (?=[^=]{1,80}? = )")
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _STEP = re.compile(r"^\d{1,2}[.)] \S")
 _STEP_SPLIT = re.compile(r" (?=\d{1,2}[.)] )")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
@@ -62,10 +75,15 @@ def content_tokens(text: str) -> list[str]:
 
 
 def sentences(text: str) -> list[str]:
-    """Sentences of a chunk; lines broken mid-sentence (as in PDFs) are rejoined."""
+    """Sentences of a chunk; lines broken mid-sentence (as in PDFs) are rejoined, a
+    Markdown link reads as its text, and a line that is only links (navigation, "From
+    the guide [...]") is no sentence."""
     paragraphs: list[str] = []
-    for line in (ln.strip() for ln in text.splitlines()):
-        if not line:
+    for raw in (ln.strip() for ln in text.splitlines()):
+        line = _LINK.sub(r"\1", raw).replace("**", "")
+        # A short line without a full stop is a label ("From the guide"), not a sentence.
+        if not line or not _LINK.sub("", raw).strip(" -*•.,:;|") or (
+                len(line.split()) < 5 and not line.endswith((".", "!", "?"))):
             continue
         if paragraphs and not paragraphs[-1].endswith((".", "!", "?", ":")) and line[0].islower():
             paragraphs[-1] += " " + line
@@ -92,9 +110,28 @@ def _lower_first(phrase: str) -> str:
 Phrasings = tuple[str, ...]  # the question as first written, then rephrasings
 
 
+def _defines(match: re.Match[str]) -> bool:
+    """Whether "<term> is/are <rest>" defines the term, rather than saying something
+    else about it ("Battery capacity is measured in kWh", "Full cards are valid for 3
+    years", "Hours are the same every week"): the term is a noun phrase of its own, and
+    the rest classifies it, with an article (singular) or a noun and a relative clause
+    (plural); "refers to" and "means" always define."""
+    term = match["term"].lower().split()
+    if term[0] in NOT_SUBJECTS or term[0] in NOT_A_TERM or NOT_A_TERM & set(term[1:]):
+        return False
+    if match["verb"] in ("refers to", "means"):
+        return True
+    rest = match["rest"].lower().split()
+    if _NOT_CLASSIFYING.match(match["rest"]):
+        return False
+    if rest[0] in ("a", "an", "the", "one"):
+        return True
+    return match["verb"] == "are" and bool({"that", "which", "who", "where", "used"} & set(rest[1:3]))
+
+
 def _definition(sentence: str) -> tuple[Phrasings, str] | None:
     match = _DEFINITION.match(sentence)
-    if not match or match["term"].split()[0].lower() in NOT_SUBJECTS:
+    if not match or not _defines(match):
         return None
     verb = "are" if match["verb"] == "are" else "is"
     term = _lower_first(match["term"])
@@ -115,6 +152,9 @@ def _fact_parts(sentence: str) -> tuple[str, str, str, str] | None:
             or "," in subject
             or {"that", "which", "who"} & set(words[:i])
             or NOT_IN_SUBJECT & {w.lower() for w in words[:i]}
+            # "The front cover has": a verb in its base form follows a plural subject;
+            # otherwise the "verb" is a noun of the subject ("cover", "control").
+            or (word == base and not words[i - 1].endswith("s"))
         ):
             return None
         return subject, "does" if word != base else "do", base, word
@@ -208,12 +248,133 @@ def _table_cells(text: str) -> Iterator[tuple[Phrasings, str]]:
                 or len(column.split()) > 6
             ):
                 continue
-            column = _lower_first(column)
-            yield (
-                (f"What is the {column} for {key}?", f"For {key}, what is the {column}?",
-                 f"Which {column} applies to {key}?"),
-                f"For {key}, the {column} is {value}.",
-            )
+            yield _table_question(key, _lower_first(column), value)
+
+
+# Column headers that say "the value of the row", so the row's key is what is asked for
+# (a specification table: "Weight | 5.2 kg"); and those that say what a row's thing does.
+_VALUE_COLUMNS = frozenset("value values specification specifications spec details detail data rating setting "
+                           "description information".split())
+_WHEN_COLUMNS = frozenset(("how often", "interval", "frequency", "when"))
+_REMEDY_COLUMNS = re.compile(r"^(?:solution|remedy|fix|action|what to do)", re.IGNORECASE)
+_CAUSE_COLUMNS = re.compile(r"^(?:(?:possible |likely |probable )?causes?|reason)", re.IGNORECASE)
+
+
+def _table_question(key: str, column: str, value: str) -> tuple[Phrasings, str]:
+    """The question a reader asks of a table cell, by the kind of table: a specification
+    ("What is the weight?"), a troubleshooting table whose rows are problems ("What
+    should I do if the buttons do not respond?"), a legend ("What does X mean?"), or any
+    other ("What is the <column> for <row>?")."""
+    name = _lower_first(_title_words(key)) if key.split()[0][1:].islower() else key
+    if column.lower() in _VALUE_COLUMNS:
+        return (f"What is the {name}?", f"What is its {name}?", f"Can you tell me the {name}?"), \
+            f"The {name} is {value}."
+    if _REMEDY_COLUMNS.match(column) or _CAUSE_COLUMNS.match(column):
+        # A troubleshooting table: its rows are problems, as clauses or as names ("Weak airflow").
+        problem = _lower_first(_title_words(key))
+        symptom = _symptom(key, "troubleshooting") or (
+            f"What should I do about {problem}?", f"What causes {problem}?", f"How do I fix {problem}?")
+        if _REMEDY_COLUMNS.match(column):
+            return (symptom[0], symptom[2]), f"{value}."
+        return (symptom[1],), f"{value}."
+    if column.lower() in _WHEN_COLUMNS and key.split()[0].lower() in NOT_SUBJECTS:
+        return (f"How often should I {_lower_first(key)}?", f"When should I {_lower_first(key)}?"), \
+            f"{key}: {_lower_first(value)}."
+    if column.lower() == "meaning":
+        return (f"What does {key} mean?", f"What is the meaning of {key}?"), f"{key} means: {value}."
+    if column.lower() in ("function", "purpose", "use"):
+        return (f"What does {key} do?", f"What is {key} for?"), f"{key}: {value}."
+    return ((f"What is the {column} for {key}?", f"For {key}, what is the {column}?",
+             f"Which {column} applies to {key}?"), f"For {key}, the {column} is {value}.")
+
+
+def _is_prose(text: str) -> bool:
+    """Sentences a section opens with, not a table row, a step or a label."""
+    return 8 <= len(text.split()) <= 80 and " = " not in text and "|" not in text and not _STEP.match(text)
+
+
+def _title_words(phrase: str) -> str:
+    """A title-cased heading's words in running text: "the Purifier On" -> "the purifier
+    on", while "Wi-Fi", "HEPA" and "AP-400" keep their capitals."""
+    return " ".join(w.lower() if w[:1].isupper() and w[1:].islower() else w for w in phrase.split())
+
+
+_TASK_HEADING = re.compile(r"^(?:How to |To )(?P<task>[a-z].+)$", re.IGNORECASE)
+
+
+_TASK_OBJECT_START = frozenset("the a an your to with up on off for from into".split())
+
+
+def _base_verb(word: str) -> str | None:
+    """A verb's base form ("connecting" -> "connect", "turns" -> "turn"), or None when
+    the word is no form of a verb lemminflect knows."""
+    lemmas = getLemma(word.lower(), upos="VERB", lemmatize_oov=False)
+    return lemmas[0] if lemmas else None
+
+
+def _task(heading: str, section: str) -> str | None:
+    """The task a heading names, as a verb phrase: "Connecting an Antenna" -> "connect an
+    antenna", "How to reset the filter" -> "reset the filter"."""
+    heading = heading.rstrip(".:")
+    if match := _TASK_HEADING.match(heading):
+        return _title_words(match["task"])
+    first, _, rest = heading.partition(" ")
+    if not (first.endswith("ing") and first[0].isupper() and first[1:].islower() and rest):
+        return None
+    base = _base_verb(first)
+    # "Charging Networks" names a thing: a task's verb takes an object or a particle,
+    # or the section tells the reader to do it ("Use sleep mode at night.").
+    if base is None or not (rest.split()[0].lower() in _TASK_OBJECT_START or re.search(
+            rf"(?:^|[.!?:]\s+|^\d{{1,2}}[.)] ){base}\b", section, re.IGNORECASE | re.MULTILINE)):
+        return None
+    return f"{base} {_title_words(rest)}"
+
+
+def _how_to(task: str) -> Phrasings:
+    return f"How do I {task}?", f"How can I {task}?", f"What are the steps to {task}?"
+
+
+# A heading that states a problem: "The purifier does not turn on", "The app cannot find
+# the device", "When the charger won't start", "The filter light stays red".
+_SYMPTOM = re.compile(
+    r"^(?:[Ww]hen |[Ii]f )?(?P<subject>(?:(?:The|A|An|My|Your|This) )?[A-Za-z0-9][\w/ -]{0,40}?) "
+    r"(?P<verb>does not|doesn't|do not|don't|will not|won't|cannot|can't|is not|isn't|are not|aren't|keeps|stays|"
+    r"stops|fails to) (?P<rest>[a-z].{1,60})$"
+)
+# Without a negation, a heading states a problem only as a clause about a named thing:
+# "The fan is louder than usual", "The purifier turns off by itself", "There is a smell".
+_STATED = re.compile(r"^(?P<subject>(?:[Tt]he|[Mm]y|[Yy]our) [a-z][\w -]{0,30}?|[Tt]here) (?P<verb>is|are|[a-z]{3,}s) "
+                     r"(?P<rest>[a-zA-Z0-9].{1,60})$")
+_WHY = {"does not": "Why does {s} not {r}?", "doesn't": "Why doesn't {s} {r}?", "do not": "Why do {s} not {r}?",
+        "don't": "Why don't {s} {r}?", "will not": "Why won't {s} {r}?", "won't": "Why won't {s} {r}?",
+        "cannot": "Why can't {s} {r}?", "can't": "Why can't {s} {r}?", "is not": "Why is {s} not {r}?",
+        "isn't": "Why isn't {s} {r}?", "are not": "Why are {s} not {r}?", "aren't": "Why aren't {s} {r}?",
+        "keeps": "Why does {s} keep {r}?", "stays": "Why does {s} stay {r}?", "stops": "Why does {s} stop {r}?",
+        "fails to": "Why does {s} fail to {r}?", "is": "Why is {s} {r}?", "are": "Why are {s} {r}?"}
+_TROUBLE = re.compile(r"troubleshoot|problem|issue|fault|error|fix", re.IGNORECASE)
+_WH_WORDS = frozenset("what which who when where why how".split())
+
+
+def _symptom(heading: str, context: str) -> Phrasings | None:
+    """"What should I do if ...?" and "Why ...?" for a heading that states a problem: a
+    negated one anywhere, a plain statement only in a troubleshooting part (`context`:
+    the title and the headings above it), where "The fan is louder than usual" is one."""
+    heading = _title_words(heading.rstrip(".!"))
+    match = _SYMPTOM.match(heading) or (_TROUBLE.search(context) and _STATED.match(heading))
+    if not match or match["subject"].split()[-1].lower() in _WH_WORDS | {"s"} or match["subject"].split()[
+            0].lower() in _WH_WORDS:
+        return None
+    subject, verb, rest = _lower_first(match["subject"]), match["verb"], match["rest"]
+    problem = f"{subject} {verb} {rest}"
+    if subject == "there":
+        why = f"Why {verb} there {rest}?"
+    elif verb in _WHY:
+        why = _WHY[verb].format(s=subject, r=rest)
+    elif base := _base_verb(verb):  # "turns off": a verb in the third person
+        why = f"Why does {subject} {base} {rest}?"
+    else:
+        return None
+    return f"What should I do if {problem}?", why, f"How do I fix it when {problem}?"
 
 
 def pairs_for_chunk(chunk: Chunk, limit: int) -> list[tuple[str, Phrasings, str]]:
@@ -239,20 +400,29 @@ def pairs_for_chunk(chunk: Chunk, limit: int) -> list[tuple[str, Phrasings, str]
             if pair := rule(sentence):
                 found.append((kind, *pair))
                 break
-    steps = [ln.strip() for ln in chunk.text.splitlines() if _STEP.match(ln.strip())]
-    if len(steps) >= 2 and topic:
+    steps = [_LINK.sub(r"\1", ln.strip()) for ln in chunk.text.splitlines() if _STEP.match(ln.strip())]
+    task = _task(heading, _LINK.sub(r"\1", chunk.text)) if heading and not heading.endswith("?") else None
+    symptom = (_symptom(heading, " ".join([title, *chunk.headings[:-1]]))
+               if heading and not heading.endswith("?") and not task else None)
+    # A numbered list of contents is no procedure: steps are sentences.
+    if len(steps) >= 2 and topic and sum(st.endswith((".", "!", ")")) for st in steps) * 2 >= len(steps):
         if topic.endswith("?"):
             found.append(("procedure", (topic,), " ".join(steps)))
+        elif symptom:
+            found.append(("troubleshooting", symptom, " ".join(steps)))
+        elif task:
+            found.append(("procedure", _how_to(task), " ".join(steps)))
         else:
-            t = _lower_first(topic)
-            found.append(("procedure", (f"What are the steps for {t}?", f"How do I go about {t}?",
-                                        f"What is the procedure for {t}?"), " ".join(steps)))
-    if heading and not heading.endswith("?") and 8 <= len(opening.split()) <= 80:
-        about = (f"What should I know about {_lower_first(topic)}?", f"Can you summarize {_lower_first(topic)}?")
-        # A page's own title heading names the page; only a section heading needs the page named too.
-        own = heading.lower() in title.lower()
-        found.append(("section", about if own else (f"What does the {title} material say about {topic}?", *about),
-                      opening))
+            t = _lower_first(_title_words(topic))
+            found.append(("procedure", (f"What are the steps for {t}?", f"What is the procedure for {t}?"),
+                          " ".join(steps)))
+    elif task and _is_prose(opening):
+        found.append(("task", _how_to(task), opening))
+    elif symptom and _is_prose(opening):
+        found.append(("troubleshooting", symptom, opening))
+    if heading and not heading.endswith("?") and _is_prose(opening) and not task and not symptom:
+        about = _lower_first(_title_words(topic))
+        found.append(("section", (f"What should I know about {about}?", f"Can you summarize {about}?"), opening))
     return found[:limit]
 
 
