@@ -6,6 +6,11 @@ systems the gate compares, the gate's set for the other mode). Prints each syste
 with document-level 95% intervals, retrieval recall, and the time each stage took.
 
     python bench/retrieval.py [--config configs/default.yaml] [--modes closed raft]
+        [--steps N] [--replay RATIO] [--method full|lora] [--learning-rate LR]
+        [--with-source SHARE] [--without-source-answer TEXT]
+
+Besides the primary metric it prints numeric accuracy (answers that state every figure
+of the reference), the refusal rates, and the forgetting guard's general-QA accuracy.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from pathlib import Path
 
 from common import REPO, default_chunks, default_config
 
-from qaforge.config import CONTEXT_MARGIN_TOKENS, ContextTraining
+from qaforge.config import CONTEXT_MARGIN_TOKENS, ContextTraining, Method, ReplayConfig
 from qaforge.evaluation import AnswerCache, ModelRef, evaluate, question_sets, systems
+from qaforge.evaluation.metrics import NUMERIC_ACCURACY
 from qaforge.modeling import resolve_base_model
 from qaforge.records import Resampling, SetReport
 from qaforge.retrieval import Retriever
@@ -40,6 +46,11 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--modes", nargs="+", choices=["closed", "raft"], default=["closed", "raft"])
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--replay", type=float, help="replay ratio of general data (0: none)")
+    parser.add_argument("--method", choices=[m.value for m in Method])
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--with-source", type=float, help="RAFT: share of examples whose passages hold the answer")
+    parser.add_argument("--without-source-answer", help="RAFT: the answer taught when they do not")
     args = parser.parse_args()
     config = default_config(args.config.resolve())
     start = time.perf_counter()
@@ -58,8 +69,15 @@ def main() -> None:
     base = resolve_base_model(config.model)
     for mode in args.modes:
         raft = mode == "raft"
-        training = config.training.model_copy(update={"max_steps": args.steps or config.training.max_steps} | (
-            {"context": config.training.context or ContextTraining(),
+        context = (config.training.context or ContextTraining()).model_copy(update={
+            k: v for k, v in (("with_source", args.with_source),
+                              ("without_source_answer", args.without_source_answer)) if v is not None})
+        chosen_training = {k: v for k, v in (("max_steps", args.steps), ("learning_rate", args.learning_rate),
+                                             ("method", args.method and Method(args.method))) if v is not None}
+        if args.replay is not None:
+            chosen_training["replay"] = ReplayConfig(ratio=args.replay) if args.replay else None
+        training = config.training.model_copy(update=chosen_training | (
+            {"context": context,
              "max_length": max(config.training.max_length,
                                top_k * config.chunking.max_tokens + CONTEXT_MARGIN_TOKENS)} if raft else
             {"context": None}))
@@ -76,12 +94,18 @@ def main() -> None:
             report = evaluate(chosen, sets, evaluation, gated=gated, baseline=baseline, gate_on=evaluation.gate_on,
                               cache=AnswerCache(evaluation.cache_dir))
             times[f"evaluate ({mode})"] = time.perf_counter() - start
-        print(f"\n== {mode}: trained {run.fit.steps} steps, best val loss {run.fit.best_val_loss}", flush=True)
+        print(f"\n== {mode}: {training.method.value}, {run.fit.steps} steps at {training.learning_rate}, replay "
+              f"{training.replay.ratio if training.replay else 0}, best val loss {run.fit.best_val_loss}", flush=True)
         print(f"gate: {report.gate_set} {report.gate_note}")
         for r in report.sets.values():
-            values = "  ".join(f"{label} {m[metric]:.3f}" for label, m in r.metrics.items())
             recall = f", retrieval recall@{top_k} {r.retrieval_recall:.2f}" if r.retrieval_recall is not None else ""
-            print(f"[{r.name}] n={len(r.rows)}{recall}\n    {metric}: {values}\n    {gains(r, metric)}", flush=True)
+            print(f"[{r.name}] n={len(r.rows)}{recall}\n    {gains(r, metric)}", flush=True)
+            for name in (metric, "token_f1", NUMERIC_ACCURACY, "refusal_rate", "false_refusal_rate"):
+                values = "  ".join(f"{label} {m[name]:.3f}" for label, m in r.metrics.items() if name in m)
+                if values:
+                    print(f"    {name}: {values}")
+        if report.guard is not None:
+            print("guard (general-QA accuracy): " + "  ".join(f"{k} {v:.3f}" for k, v in report.guard.accuracy.items()))
     print("\nseconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
 
 
