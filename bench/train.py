@@ -3,9 +3,12 @@ or packing) against a naive transformers Trainer (every row padded to max_length
 packing), on the default corpus's training pairs with the same model, method and
 steps; and qaforge in fp32 and in bf16 autocast, to show that the `auto` precision
 is the faster one on this CPU. Each variant runs in its own process, so peak memory
-is its own.
+is its own. MFU is the model FLOPs a variant's tokens/s stands for (6 per parameter per
+token for full fine-tuning, 4 for LoRA, whose frozen weights get no gradient) over this
+CPU's measured matmul peak in that precision. `--raft` trains on the RAFT examples
+(each question with `retrieval.top_k` retrieved passages) instead of closed-book ones.
 
-    python bench/train.py [--steps 10]
+    python bench/train.py [--steps 10] [--raft]
 """
 
 from __future__ import annotations
@@ -17,9 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import default_config, default_dataset
+import torch
+from common import default_chunks, default_config
+from transformers import AutoConfig, AutoModelForCausalLM
 
-from qaforge.config import TrainingConfig
+from qaforge.config import CONTEXT_MARGIN_TOKENS, ContextTraining, Method, TrainingConfig
+from qaforge.hardware import Precision
+from qaforge.retrieval import Retriever
+from qaforge.synthesis import synthesize
 
 
 def naive(pairs: list, base_dir: str, cfg: TrainingConfig, out: Path) -> dict[str, float]:
@@ -72,6 +80,17 @@ def qaforge(pairs: list, base_dir: str, cfg: TrainingConfig, out: Path) -> dict[
     return {"seconds": time.perf_counter() - start, "tokens": result.history[-1]["num_input_tokens_seen"]}
 
 
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeat: int = 10) -> float:
+    """FLOP/s of a large square matmul in `dtype` on this CPU, with torch's threads: the
+    most any training step can do."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b  # warm-up: oneDNN picks and caches its kernel
+    start = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    return 2 * size**3 * repeat / (time.perf_counter() - start)
+
+
 def run(variant: str, pairs: list, base_dir: str, cfg: TrainingConfig) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         result = (naive if variant == "naive" else qaforge)(pairs, base_dir, cfg, Path(tmp))
@@ -81,16 +100,28 @@ def run(variant: str, pairs: list, base_dir: str, cfg: TrainingConfig) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--raft", action="store_true", help="train on RAFT examples (with retrieved passages)")
     args = parser.parse_args()
-    from qaforge.hardware import Machine, Precision
+    from qaforge.hardware import Machine
     from qaforge.modeling import resolve_base_model
-    from qaforge.training import examples, sft_dataset, training_compute
+    from qaforge.training import examples, sft_dataset, training_compute, with_passages
 
     config = default_config()
-    data = default_dataset(config)
-    pairs = sft_dataset(examples(data.train), config.prompt.system_prompt).to_list()
-    base_dir = resolve_base_model(config.model)
+    chunks = default_chunks(config)
+    data = synthesize(chunks, config.synthesis)
+    found = examples(data.train)
     cfg = config.training.model_copy(update={"max_steps": args.steps, "eval_steps": None, "early_stopping_patience": None})
+    if args.raft:
+        top_k = config.retrieval.top_k
+        found = with_passages(found, Retriever.build(chunks), top_k, cfg.context or ContextTraining(), cfg.seed)
+        cfg = cfg.model_copy(update={"max_length": max(cfg.max_length,
+                                                       top_k * config.chunking.max_tokens + CONTEXT_MARGIN_TOKENS)})
+    pairs = sft_dataset(found, config.prompt.system_prompt).to_list()
+    base_dir = resolve_base_model(config.model)
+    parameters = AutoConfig.from_pretrained(base_dir)
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(parameters).parameters())
+    flops_per_token = (6 if cfg.method is Method.FULL else 4) * n_params
+    peaks = {Precision.FP32: matmul_peak(torch.float32), Precision.BF16: matmul_peak(torch.bfloat16)}
     machine = Machine.detect()
     auto = training_compute(cfg, machine)
     variants = {
@@ -110,10 +141,15 @@ def main() -> None:
             results[name] = pool.apply(run, (variant, pairs, base_dir, variant_cfg))
     baseline = next(iter(results.values()))
     base_rate = baseline["tokens"] / baseline["seconds"]
-    print(f"{'variant':<36}{'s/step':>8}{'tokens/s':>10}{'x naive':>9}{'peak MB':>9}")
+    print("matmul peak: " + ", ".join(f"{p.value} {flops / 1e9:.0f} GFLOP/s" for p, flops in peaks.items())
+          + f"; {n_params / 1e6:.0f}M parameters, {flops_per_token / n_params:.0f} FLOPs per parameter per token")
+    print(f"{'variant':<36}{'s/step':>8}{'tokens/s':>10}{'x naive':>9}{'MFU':>7}{'peak MB':>9}")
     for name, r in results.items():
         rate = r["tokens"] / r["seconds"]
-        print(f"{name:<36}{r['seconds'] / args.steps:>8.2f}{rate:>10.0f}{rate / base_rate:>9.2f}{r['peak_mb']:>9.0f}")
+        precision = variants[name][1].precision if variants[name][1].precision in peaks else auto.precision
+        mfu = rate * flops_per_token / peaks[precision]
+        print(f"{name:<36}{r['seconds'] / args.steps:>8.2f}{rate:>10.0f}{rate / base_rate:>9.2f}{mfu:>7.1%}"
+              f"{r['peak_mb']:>9.0f}")
     fp32, bf16 = results["qaforge fp32 (length-grouped)"]["seconds"], results["qaforge bf16 autocast"]["seconds"]
     faster = Precision.FP32 if fp32 <= bf16 else Precision.BF16
     verdict = "the faster one" if faster is auto.precision else f"NOT the faster one ({faster.value} is)"

@@ -11,7 +11,7 @@ from conftest import run_cli
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml", "teacher.yaml", "faq.yaml"])
+@pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml", "teacher.yaml", "faq.yaml", "manual.yaml"])
 def test_shipped_configs_validate(name: str) -> None:
     cfg = load_config(REPO / "configs" / name)
     assert isinstance(cfg, QAForgeConfig)
