@@ -36,7 +36,8 @@ from qaforge.training import train
 def gains(scores: SetReport, metric: str) -> str:
     out = []
     for c in scores.comparisons:
-        if c.metric == metric and c.resampled != Resampling.QUESTIONS:
+        # The set's own unit: documents or groups where it has them, else questions.
+        if c.metric == metric and (c.resampled != Resampling.QUESTIONS or scores.unit == Resampling.QUESTIONS):
             out.append(f"{c.a} - {c.b}: {c.gain:+.3f} [{c.low:+.3f}, {c.high:+.3f}] ({c.clusters} {c.resampled})")
     return "\n    ".join(out)
 

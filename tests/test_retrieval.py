@@ -68,6 +68,15 @@ def test_a_follow_up_retrieves_in_the_context_of_the_question_before_it() -> Non
     assert raft.context[0].chunk_id == "workplace", [p.chunk_id for p in raft.context]
 
 
+def test_the_plainest_question_of_the_sample_finds_its_page(retriever: Retriever) -> None:
+    """"How long does it take ...?" is answered in minutes: without the frame's answer
+    words, "long" and "take" found the guide's overview ("how long charging takes") first
+    and the DC fast charging page fourth."""
+    top = retriever.search("How long does it take to charge an electric car at a DC fast charger?", 2)
+    assert top[0].source.endswith("levels-dc-fast-charging.html"), [p.source for p in top]
+    assert "18 to 45 minutes" in top[0].text
+
+
 def test_an_off_topic_question_gets_no_passages(retriever: Retriever) -> None:
     assert retriever.search("zqxj wvvb", 3) == []
     assert retriever.search("the and of", 3) == [], "stop words alone match nothing"
