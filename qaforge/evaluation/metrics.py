@@ -47,15 +47,16 @@ def token_f1(prediction: str, reference: str) -> float:
 
 def numbers(text: str) -> set[str]:
     """The figures a text states, normalized so "1,500" and "1500" are one figure."""
-    return {m.replace(",", "").rstrip("0").rstrip(".") if "." in m else m.replace(",", "")
-            for m in _NUMBER.findall(text)}
+    figures = (m.replace(",", "") for m in _NUMBER.findall(text))
+    return {f.rstrip("0").rstrip(".") if "." in f else f for f in figures}
 
 
 def numeric_accuracy(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Of the questions whose reference answer states figures, the share answered with
     all of them: ROUGE gives a wrong figure in a well-worded sentence most of its
     credit, a user gives it none. Empty when no reference states a figure."""
-    stated = [numbers(r) <= numbers(p) for p, r in zip(predictions, references) if numbers(r)]
+    asked = [(numbers(r), p) for p, r in zip(predictions, references)]
+    stated = [figures <= numbers(p) for figures, p in asked if figures]
     return {NUMERIC_ACCURACY: float(np.mean(stated))} if stated else {}
 
 

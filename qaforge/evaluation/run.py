@@ -18,9 +18,9 @@ from qaforge.evaluation.judge import judge_set
 from qaforge.evaluation.metrics import Scored, compare, contains_any, mean_gain, numeric_accuracy, score_answers
 from qaforge.evaluation.sets import Questions, gate_set
 from qaforge.general_data import GeneralQuestion, read_jsonl
+from qaforge.prompting import conversation_query
 from qaforge.records import EvalReport, EvalRow, GuardReport, ModelLabel, QAPair, Resampling, SetReport
 from qaforge.refusal import is_refusal
-from qaforge.prompting import conversation_query
 from qaforge.served import Answering
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,8 @@ NOT_SUBJECTS = frozenset(
     "add use check make keep avoid plug set turn ask install choose follow do never always "
     "contact try confirm ensure verify move wait park unplug select note remember consider "
     "look call open close start stop remove replace reset press tap read see find divide "
-    "multiply mount run charge please clean wipe wash update in on at for with from by after before during under over".split()
+    "multiply mount run charge please clean wipe wash update "
+    "in on at for with from by after before during under over".split()
 )
 # Words that cannot be inside a subject noun phrase before its verb: they mean the
 # matched "verb" is an infinitive ("works to protect") or follows an auxiliary.
@@ -60,6 +61,13 @@ _ADVICE = re.compile(r"^(?P<subject>[A-Z][^,;:]{2,50}?) (?P<modal>should|must) (
 # Docling serializes a table row as "Row key, Column = value. Row key, Column = value."
 _TABLE_CELL_BREAK = re.compile(r"\. (?=[^=]{1,80}? = )")
 _LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+
+
+def _unlinked(text: str) -> str:
+    """Markdown links read as their text."""
+    return _LINK.sub(r"\1", text)
+
+
 _STEP = re.compile(r"^\d{1,2}[.)] \S")
 _STEP_SPLIT = re.compile(r" (?=\d{1,2}[.)] )")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
@@ -80,7 +88,7 @@ def sentences(text: str) -> list[str]:
     the guide [...]") is no sentence."""
     paragraphs: list[str] = []
     for raw in (ln.strip() for ln in text.splitlines()):
-        line = _LINK.sub(r"\1", raw).replace("**", "")
+        line = _unlinked(raw).replace("**", "")
         # A short line without a full stop is a label ("From the guide"), not a sentence.
         if not line or not _LINK.sub("", raw).strip(" -*•.,:;|") or (
                 len(line.split()) < 5 and not line.endswith((".", "!", "?"))):
@@ -272,11 +280,9 @@ def _table_question(key: str, column: str, value: str) -> tuple[Phrasings, str]:
     if _REMEDY_COLUMNS.match(column) or _CAUSE_COLUMNS.match(column):
         # A troubleshooting table: its rows are problems, as clauses or as names ("Weak airflow").
         problem = _lower_first(_title_words(key))
-        symptom = _symptom(key, "troubleshooting") or (
+        symptom = _symptom(key, troubleshooting=True) or (
             f"What should I do about {problem}?", f"What causes {problem}?", f"How do I fix {problem}?")
-        if _REMEDY_COLUMNS.match(column):
-            return (symptom[0], symptom[2]), f"{value}."
-        return (symptom[1],), f"{value}."
+        return ((symptom[0], symptom[2]) if _REMEDY_COLUMNS.match(column) else (symptom[1],)), f"{value}."
     if column.lower() in _WHEN_COLUMNS and key.split()[0].lower() in NOT_SUBJECTS:
         return (f"How often should I {_lower_first(key)}?", f"When should I {_lower_first(key)}?"), \
             f"{key}: {_lower_first(value)}."
@@ -300,8 +306,6 @@ def _title_words(phrase: str) -> str:
 
 
 _TASK_HEADING = re.compile(r"^(?:How to |To )(?P<task>[a-z].+)$", re.IGNORECASE)
-
-
 _TASK_OBJECT_START = frozenset("the a an your to with up on off for from into".split())
 
 
@@ -355,14 +359,16 @@ _TROUBLE = re.compile(r"troubleshoot|problem|issue|fault|error|fix", re.IGNORECA
 _WH_WORDS = frozenset("what which who when where why how".split())
 
 
-def _symptom(heading: str, context: str) -> Phrasings | None:
+def _symptom(heading: str, troubleshooting: bool) -> Phrasings | None:
     """"What should I do if ...?" and "Why ...?" for a heading that states a problem: a
-    negated one anywhere, a plain statement only in a troubleshooting part (`context`:
-    the title and the headings above it), where "The fan is louder than usual" is one."""
+    negated one anywhere, a plain statement only in a troubleshooting part, where "The
+    fan is louder than usual" is one."""
     heading = _title_words(heading.rstrip(".!"))
-    match = _SYMPTOM.match(heading) or (_TROUBLE.search(context) and _STATED.match(heading))
-    if not match or match["subject"].split()[-1].lower() in _WH_WORDS | {"s"} or match["subject"].split()[
-            0].lower() in _WH_WORDS:
+    match = _SYMPTOM.match(heading) or (troubleshooting and _STATED.match(heading))
+    if not match:
+        return None
+    subject_words = match["subject"].lower().split()
+    if subject_words[0] in _WH_WORDS or subject_words[-1] in _WH_WORDS | {"s"}:
         return None
     subject, verb, rest = _lower_first(match["subject"]), match["verb"], match["rest"]
     problem = f"{subject} {verb} {rest}"
@@ -400,10 +406,13 @@ def pairs_for_chunk(chunk: Chunk, limit: int) -> list[tuple[str, Phrasings, str]
             if pair := rule(sentence):
                 found.append((kind, *pair))
                 break
-    steps = [_LINK.sub(r"\1", ln.strip()) for ln in chunk.text.splitlines() if _STEP.match(ln.strip())]
-    task = _task(heading, _LINK.sub(r"\1", chunk.text)) if heading and not heading.endswith("?") else None
-    symptom = (_symptom(heading, " ".join([title, *chunk.headings[:-1]]))
-               if heading and not heading.endswith("?") and not task else None)
+    text = _unlinked(chunk.text)
+    steps = [ln.strip() for ln in text.splitlines() if _STEP.match(ln.strip())]
+    # A heading that is not a question may name a task, state a problem, or name a topic.
+    statement = bool(heading) and not heading.endswith("?")
+    task = _task(heading, text) if statement else None
+    in_troubleshooting = bool(_TROUBLE.search(" ".join([title, *chunk.headings[:-1]])))
+    symptom = _symptom(heading, in_troubleshooting) if statement and not task else None
     # A numbered list of contents is no procedure: steps are sentences.
     if len(steps) >= 2 and topic and sum(st.endswith((".", "!", ")")) for st in steps) * 2 >= len(steps):
         if topic.endswith("?"):
@@ -420,7 +429,7 @@ def pairs_for_chunk(chunk: Chunk, limit: int) -> list[tuple[str, Phrasings, str]
         found.append(("task", _how_to(task), opening))
     elif symptom and _is_prose(opening):
         found.append(("troubleshooting", symptom, opening))
-    if heading and not heading.endswith("?") and _is_prose(opening) and not task and not symptom:
+    if statement and _is_prose(opening) and not task and not symptom:
         about = _lower_first(_title_words(topic))
         found.append(("section", (f"What should I know about {about}?", f"Can you summarize {about}?"), opening))
     return found[:limit]
