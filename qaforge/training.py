@@ -25,6 +25,7 @@ from peft import LoraConfig, PeftModel
 from transformers import AutoModelForCausalLM, EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
+from trl.trainer import utils as trl_utils
 
 from qaforge.config import (
     ContextTraining, Method, ModelConfig, PromptConfig, ReplayConfig, TrainingConfig, config_hash,
@@ -142,6 +143,24 @@ def load_trainable_model(base_dir: str, method: str, compute: Compute) -> Any:
     )
 
 
+def project_answer_tokens_only() -> None:
+    """Make trl's fused LM head project only the positions that have a label, on the CPU
+    too. trl does so where its Triton kernels run (CUDA, XPU) and elsewhere projects every
+    position, to keep tile shapes fixed for ahead-of-time compilers (XLA). On a CPU that
+    compiles nothing it only costs: a RAFT row is ~340 tokens of which ~30 are the
+    answer, and the 49k-word projection of the other ~310, forward and backward, was
+    half of each step's time (bench/RESULTS.md). The loss is the same either way."""
+    triton_device = trl_utils._use_triton
+    if getattr(triton_device, "answers_only", False):
+        return
+
+    def compact(device: torch.device) -> bool:
+        return device.type == "cpu" or triton_device(device)
+
+    compact.answers_only = True  # type: ignore[attr-defined]
+    trl_utils._use_triton = compact
+
+
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -246,6 +265,7 @@ def fit(
     callbacks: list[TrainerCallback] = [MlflowStepMetrics()]
     if args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    project_answer_tokens_only()
     trainer = SFTTrainer(
         model=load_trainable_model(base_dir, cfg.method, compute),
         args=args,

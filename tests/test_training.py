@@ -24,7 +24,8 @@ from qaforge.general_data import GeneralQuestion, ReplayExample, read_jsonl
 from qaforge.records import QAPair
 from qaforge.hardware import Precision
 from qaforge.training import (
-    examples, fit, load_trainable_model, merge_adapter, replay_sample, sft_dataset, training_compute,
+    examples, fit, load_trainable_model, merge_adapter, project_answer_tokens_only, replay_sample, sft_dataset,
+    training_compute,
 )
 
 from conftest import REPO
@@ -76,6 +77,30 @@ def test_each_method_lowers_train_and_val_loss(base_model_dir, tmp_path, method)
             merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)(input_ids=ids).logits
         assert torch.allclose(merged, expected, atol=1e-3)
         assert (merged_dir / "tokenizer.json").exists(), "the merged model carries its tokenizer"
+
+
+def test_the_loss_projects_the_answer_tokens_only_and_is_the_loss_of_every_logit(base_model_dir, tokenizer,  # noqa: ANN001
+                                                                                  monkeypatch) -> None:
+    from trl.trainer import add_fused_lm_head
+    from trl.trainer import utils as trl_utils
+
+    model = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
+    ids = torch.tensor([tokenizer("Passages: the depot opens at 06:00. Question: when? It opens at 06:00.")["input_ids"]])
+    labels = ids.clone()
+    labels[:, :-6] = -100  # the answer's last tokens
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[:, :-1]
+    expected = torch.nn.functional.cross_entropy(logits[labels[:, 1:] != -100], labels[:, 1:][labels[:, 1:] != -100])
+    add_fused_lm_head(model)
+    projected = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *args: projected.append(len(hidden)) or apply(hidden, *args))
+    project_answer_tokens_only()
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=labels, fused_lm_head=True).loss
+    assert projected == [6] and ids.shape[1] > 20, "only the positions whose next token is a label"
+    assert torch.allclose(loss, expected, atol=1e-4), (loss, expected)
 
 
 @pytest.mark.training
