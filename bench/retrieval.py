@@ -6,8 +6,8 @@ systems the gate compares, the gate's set for the other mode). Prints each syste
 with document-level 95% intervals, retrieval recall, and the time each stage took.
 
     python bench/retrieval.py [--config configs/default.yaml] [--modes closed raft]
-        [--steps N] [--replay RATIO] [--method full|lora] [--learning-rate LR]
-        [--with-source SHARE] [--without-source-answer TEXT]
+        [--steps N] [--replay RATIO] [--method full|lora] [--learning-rate LR] [--trainable-layers N]
+        [--with-source SHARE] [--without-source-answer TEXT] [--report PREFIX]
 
 Besides the primary metric it prints numeric accuracy (answers that state every figure
 of the reference), the refusal rates, and the forgetting guard's general-QA accuracy.
@@ -50,8 +50,10 @@ def main() -> None:
     parser.add_argument("--replay", type=float, help="replay ratio of general data (0: none)")
     parser.add_argument("--method", choices=[m.value for m in Method])
     parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--trainable-layers", type=int, help="full fine-tuning of the top N layers only (0: all)")
     parser.add_argument("--with-source", type=float, help="RAFT: share of examples whose passages hold the answer")
     parser.add_argument("--without-source-answer", help="RAFT: the answer taught when they do not")
+    parser.add_argument("--report", type=Path, help="write each mode's evaluation report to REPORT-<mode>.json")
     args = parser.parse_args()
     config = default_config(args.config.resolve())
     start = time.perf_counter()
@@ -75,6 +77,8 @@ def main() -> None:
                               ("without_source_answer", args.without_source_answer)) if v is not None})
         chosen_training = {k: v for k, v in (("max_steps", args.steps), ("learning_rate", args.learning_rate),
                                              ("method", args.method and Method(args.method))) if v is not None}
+        if args.trainable_layers is not None:
+            chosen_training["trainable_layers"] = args.trainable_layers or None
         if args.replay is not None:
             chosen_training["replay"] = ReplayConfig(ratio=args.replay) if args.replay else None
         training = config.training.model_copy(update=chosen_training | (
@@ -95,7 +99,10 @@ def main() -> None:
             report = evaluate(chosen, sets, evaluation, gated=gated, baseline=baseline, gate_on=evaluation.gate_on,
                               cache=AnswerCache(evaluation.cache_dir))
             times[f"evaluate ({mode})"] = time.perf_counter() - start
-        print(f"\n== {mode}: {training.method.value}, {run.fit.steps} steps at {training.learning_rate}, replay "
+        if args.report:
+            Path(f"{args.report}-{mode}.json").write_text(report.model_dump_json(indent=1))
+        layers = f" (top {training.trainable_layers} layers)" if training.trainable_layers else ""
+        print(f"\n== {mode}: {training.method.value}{layers}, {run.fit.steps} steps at {training.learning_rate}, replay "
               f"{training.replay.ratio if training.replay else 0}, best val loss {run.fit.best_val_loss}", flush=True)
         print(f"gate: {report.gate_set} {report.gate_note}")
         for r in report.sets.values():

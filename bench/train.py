@@ -3,10 +3,12 @@ or packing) against a naive transformers Trainer (every row padded to max_length
 packing), on the default corpus's training pairs with the same model, method and
 steps; and qaforge in fp32 and in bf16 autocast, to show that the `auto` precision
 is the faster one on this CPU. Each variant runs in its own process, so peak memory
-is its own. MFU is the model FLOPs a variant's tokens/s stands for (6 per parameter per
-token for full fine-tuning, 4 for LoRA, whose frozen weights get no gradient) over this
-CPU's measured matmul peak in that precision. `--raft` trains on the RAFT examples
-(each question with `retrieval.top_k` retrieved passages) instead of closed-book ones.
+is its own. MFU is the model FLOPs a variant's tokens/s stands for (2 per parameter per
+token forward, 4 more for each weight that gets a gradient, 2 more for LoRA's frozen
+weights, whose inputs still do) over this CPU's measured matmul peak in that precision.
+With `training.trainable_layers` set, every layer is trained too, for comparison.
+`--raft` trains on the RAFT examples (each question with `retrieval.top_k` retrieved
+passages) instead of closed-book ones.
 
     python bench/train.py [--steps 10] [--raft]
 """
@@ -119,17 +121,29 @@ def main() -> None:
     pairs = sft_dataset(found, config.prompt.system_prompt).to_list()
     base_dir = resolve_base_model(config.model)
     parameters = AutoConfig.from_pretrained(base_dir)
-    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(parameters).parameters())
-    flops_per_token = (6 if cfg.method is Method.FULL else 4) * n_params
+    model = AutoModelForCausalLM.from_config(parameters)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    def flops_per_token(variant_cfg: TrainingConfig) -> float:
+        if variant_cfg.method is not Method.FULL:
+            return 4 * n_params
+        if variant_cfg.trainable_layers is None:
+            return 6 * n_params
+        top = model.get_decoder().layers[-variant_cfg.trainable_layers:]
+        return 2 * n_params + 4 * sum(p.numel() for p in top.parameters())
+
     peaks = {Precision.FP32: matmul_peak(torch.float32), Precision.BF16: matmul_peak(torch.bfloat16)}
     machine = Machine.detect()
     auto = training_compute(cfg, machine)
     variants = {
-        f"naive Trainer (pad, {auto.precision.value})": ("naive", cfg),
+        f"naive Trainer (pad, {auto.precision.value})": ("naive", cfg.model_copy(update={"trainable_layers": None})),
         "qaforge fp32 (length-grouped)": ("qaforge", cfg.model_copy(update={"precision": Precision.FP32})),
         "qaforge bf16 autocast": ("qaforge", cfg.model_copy(update={"precision": Precision.BF16})),
         f"qaforge packing ({auto.precision.value})": ("qaforge", cfg.model_copy(update={"packing": True})),
     }
+    if cfg.trainable_layers is not None:
+        variants[f"qaforge every layer ({auto.precision.value})"] = (
+            "qaforge", cfg.model_copy(update={"trainable_layers": None}))
     print(f"CPU capability {machine.cpu_capability}, native bf16: {'yes' if machine.native_cpu_bf16 else 'no'}, "
           f"{machine.threads} torch threads; auto choice: {auto}")
     print(f"{len(pairs)} training pairs, {cfg.method}, batch {cfg.batch_size}, max_length {cfg.max_length}, "
@@ -142,12 +156,13 @@ def main() -> None:
     baseline = next(iter(results.values()))
     base_rate = baseline["tokens"] / baseline["seconds"]
     print("matmul peak: " + ", ".join(f"{p.value} {flops / 1e9:.0f} GFLOP/s" for p, flops in peaks.items())
-          + f"; {n_params / 1e6:.0f}M parameters, {flops_per_token / n_params:.0f} FLOPs per parameter per token")
+          + f"; {n_params / 1e6:.0f}M parameters, {flops_per_token(cfg) / n_params:.1f} FLOPs per parameter per "
+          f"token" + (f" (top {cfg.trainable_layers} layers trained)" if cfg.trainable_layers else ""))
     print(f"{'variant':<36}{'s/step':>8}{'tokens/s':>10}{'x naive':>9}{'MFU':>7}{'peak MB':>9}")
     for name, r in results.items():
         rate = r["tokens"] / r["seconds"]
         precision = variants[name][1].precision if variants[name][1].precision in peaks else auto.precision
-        mfu = rate * flops_per_token / peaks[precision]
+        mfu = rate * flops_per_token(variants[name][1]) / peaks[precision]
         print(f"{name:<36}{r['seconds'] / args.steps:>8.2f}{rate:>10.0f}{rate / base_rate:>9.2f}{mfu:>7.1%}"
               f"{r['peak_mb']:>9.0f}")
     fp32, bf16 = results["qaforge fp32 (length-grouped)"]["seconds"], results["qaforge bf16 autocast"]["seconds"]

@@ -317,6 +317,12 @@ class TrainingConfig(ComputeOptions):
         default=Method.QLORA,
         description="qlora: LoRA on a 4-bit NF4 base; lora: LoRA on a full-precision base; full: every weight.",
     )
+    trainable_layers: int | None = Field(
+        default=None, ge=1,
+        description="Full fine-tuning of the top N decoder layers only (and the final norm); the embeddings, the "
+        "output head tied to them and the layers below stay as they are. Backward passes stop at the lowest "
+        "trained layer, so a step costs less, and less general knowledge is overwritten (None: every layer).",
+    )
     max_steps: int = Field(default=60, ge=1)
     learning_rate: float = Field(default=2e-4, gt=0, description="Full fine-tuning wants about 1/10 of LoRA's.")
     batch_size: int = Field(default=8, ge=1)
@@ -349,7 +355,10 @@ class TrainingConfig(ComputeOptions):
     seed: int = 42
 
     @model_validator(mode="after")
-    def _early_stopping(self) -> TrainingConfig:
+    def _options_agree(self) -> TrainingConfig:
+        if self.trainable_layers is not None and self.method is not Method.FULL:
+            raise ValueError(f"trainable_layers chooses the layers full fine-tuning trains; method {self.method} "
+                             "trains LoRA adapters on every layer: set method: full, or remove trainable_layers")
         if self.early_stopping_patience is not None:
             if self.eval_steps is None:
                 raise ValueError("early_stopping_patience needs eval_steps")

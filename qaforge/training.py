@@ -143,6 +143,22 @@ def load_trainable_model(base_dir: str, method: str, compute: Compute) -> Any:
     )
 
 
+def train_top_layers(model: Any, n: int) -> None:
+    """Freeze all but the top `n` decoder layers and the final norm. Nothing below the
+    lowest trained layer needs a gradient, so backward stops there."""
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ValueError(f"training.trainable_layers needs a decoder with a `layers` list (Llama, Qwen, Mistral, "
+                         f"Gemma ...); {type(decoder).__name__} has none: remove trainable_layers")
+    if n > len(layers):
+        raise ValueError(f"training.trainable_layers is {n}, but the base model has {len(layers)} decoder layers")
+    model.requires_grad_(False)
+    for module in [*layers[len(layers) - n:], getattr(decoder, "norm", None)]:
+        if module is not None:
+            module.requires_grad_(True)
+
+
 def project_answer_tokens_only() -> None:
     """Make trl's fused LM head project only the positions that have a label, on the CPU
     too. trl does so where its Triton kernels run (CUDA, XPU) and elsewhere projects every
@@ -266,8 +282,11 @@ def fit(
     if args.load_best_model_at_end:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     project_answer_tokens_only()
+    model = load_trainable_model(base_dir, cfg.method, compute)
+    if cfg.trainable_layers is not None:
+        train_top_layers(model, cfg.trainable_layers)
     trainer = SFTTrainer(
-        model=load_trainable_model(base_dir, cfg.method, compute),
+        model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set if evaluate else None,

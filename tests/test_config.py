@@ -73,6 +73,12 @@ def test_early_stopping_needs_checkpoints_at_evaluations() -> None:
     )
 
 
+def test_trainable_layers_belong_to_full_fine_tuning() -> None:
+    with pytest.raises(ConfigError, match=r"training: Value error, trainable_layers chooses the layers full "
+                                          r"fine-tuning trains; method lora trains LoRA adapters"):
+        validate_config(_raw(training={"method": "lora", "trainable_layers": 4}))
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     # Passages that do not fit the served prompt: nearly every request would get 400.
     ({"retrieval": {"serve": True, "top_k": 6}, "chunking": {"max_tokens": 512},

@@ -79,6 +79,20 @@ def test_each_method_lowers_train_and_val_loss(base_model_dir, tmp_path, method)
         assert (merged_dir / "tokenizer.json").exists(), "the merged model carries its tokenizer"
 
 
+@pytest.mark.training
+def test_full_fine_tuning_of_the_top_layers_leaves_the_rest_as_it_was(base_model_dir, tmp_path) -> None:  # noqa: ANN001
+    config = small_config("full", trainable_layers=2, max_steps=4, eval_steps=None, early_stopping_patience=None,
+                          save_steps=4, learning_rate=3e-4)
+    result = fit(sft_dataset(examples(pairs()), "Answer about the depot."), None, base_model_dir, config, tmp_path)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert losses[-1] < losses[0], losses
+    base = load_file(Path(base_model_dir) / "model.safetensors")
+    trained = load_file(result.model_dir / "model.safetensors")
+    changed = {name for name in base if not torch.equal(base[name], trained[name])}
+    assert changed and all(name.startswith(("model.layers.28.", "model.layers.29.", "model.norm.")) for name in changed)
+    assert "model.embed_tokens.weight" not in changed, "the embeddings and the output head tied to them stay"
+
+
 def test_the_loss_projects_the_answer_tokens_only_and_is_the_loss_of_every_logit(base_model_dir, tokenizer,  # noqa: ANN001
                                                                                   monkeypatch) -> None:
     from trl.trainer import add_fused_lm_head
