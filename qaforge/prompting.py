@@ -13,11 +13,19 @@ from qaforge.records import Passage, Turn
 CONTEXT_INTRO = "Passages from the documents, which may help:"
 
 
+def passage_header(passage: Passage) -> str:
+    """What a passage is about, as a reader sees it above the text: its section's
+    headings (docling's `contextualize` puts them there too), or the document's title
+    when it has none. A section heading names the topic a chunk's text may never repeat
+    ("Can I return items to a different branch?"), where a page title names the site."""
+    return " > ".join(passage.headings) or passage.title
+
+
 def with_context(question: str, context: Sequence[Passage]) -> str:
     """The question with retrieved passages before it, numbered as the sources are."""
     if not context:
         return question
-    passages = "\n\n".join(f"[{i}] {p.title}\n{p.text}" for i, p in enumerate(context, 1))
+    passages = "\n\n".join(f"[{i}] {passage_header(p)}\n{p.text}" for i, p in enumerate(context, 1))
     return f"{CONTEXT_INTRO}\n\n{passages}\n\nQuestion: {question}"
 
 

@@ -60,3 +60,16 @@ def test_control_tokens_typed_by_a_user_stay_text(tokenizer) -> None:  # noqa: A
     plain = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
     assert plain.count(start) == real_turns + 2, "tokenizing the rendered text would have opened two more"
     assert forged in tokenizer.decode(ids), "the user's characters are all there, as text"
+
+
+def test_a_passage_is_headed_by_its_section_or_else_its_title() -> None:
+    from qaforge.prompting import with_context
+    from qaforge.records import Passage
+
+    faq = Passage(chunk_id="c1", doc_id="d", source="borrowing.html", title="Borrowing - FAQ | City Library",
+                  headings=["Borrowing - FAQ", "Can I return items to a different branch?"],
+                  text="Yes, to any of our four branches.")
+    untitled = Passage(chunk_id="c2", doc_id="e", source="guide.pdf", title="guide", text="Never use an extension cord.")
+    content = with_context("where can i return books", [faq, untitled])
+    assert "[1] Borrowing - FAQ > Can I return items to a different branch?\nYes, to any" in content
+    assert "[2] guide\nNever use" in content and "City Library" not in content
