@@ -127,6 +127,9 @@ class Turn(BaseModel):
     answer: str
 
 
+UNANSWERABLE = "unanswerable"  # the kind of a configured question the sources do not answer
+
+
 class QAPair(BaseModel):
     history: list[Turn] = Field(
         default_factory=list, description="Earlier turns, for a multi-turn follow-up question."
@@ -139,6 +142,10 @@ class QAPair(BaseModel):
     kind: str = Field(description="Which generator rule produced it, e.g. 'definition'.")
     grounding: float = Field(description="Share of answer tokens found in the chunk.")
     phrasing: int = Field(default=0, description="0 for a question as first written; 1, 2, ... for rephrasings.")
+
+    @property
+    def unanswerable(self) -> bool:
+        return self.kind == UNANSWERABLE
 
 
 class QuestionSet(StrEnum):

@@ -18,7 +18,7 @@ from qaforge.generation import Sampling, generate
 from qaforge.hardware import Machine, decide as decide_compute
 from qaforge.records import (
     EvalReport, Interval, ModelLabel, PromotionDecision, QAPair, RegisteredModel, Resampling, SetReport,
-    TrainedModel,
+    UNANSWERABLE, TrainedModel,
 )
 from qaforge.registry import apply, decide, gate, production_model
 from qaforge.served import Answering, load_model, logged_answering
@@ -98,6 +98,12 @@ def test_a_set_of_too_few_documents_never_decides() -> None:
                         gate_note=note)
     decision = gate(report, "2", "rougeL", RegistryConfig())
     assert not decision.promoted and decision.reason == note and decision.question_set is None
+    # Out-of-scope questions are pseudo-documents of one each: together they are one unit,
+    # or five of them would lift a one-document test split to six.
+    unanswerable = [p.model_copy(update={"kind": UNANSWERABLE, "doc_id": f"unanswerable-{i}"})
+                    for i, p in enumerate(pairs(5, per_document=1))]
+    with_them = by_document("test", tiny.pairs + unanswerable)
+    assert with_them.units == 2 and gate_set({"test": with_them, "knowledge": knowledge}, "test", 0.95)[0] == "knowledge"
     memorisation = by_document("memorisation", pairs(20))
     assert gate_set({"test": tiny, "memorisation": memorisation}, "test", 0.95)[0] is None, (
         "memorisation never decides"

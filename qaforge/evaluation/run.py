@@ -54,7 +54,7 @@ def by_source(pairs: list[QAPair], scored: dict[str, Scored], metric: str) -> di
 
 def refusal_rates(answers: list[str], pairs: list[QAPair]) -> dict[str, float]:
     refused = [is_refusal(a) for a in answers]
-    unanswerable = [p.kind == "unanswerable" for p in pairs]
+    unanswerable = [p.unanswerable for p in pairs]
     rates = {}
     if any(unanswerable):
         rates["refusal_rate"] = mean(r for r, u in zip(refused, unanswerable) if u)

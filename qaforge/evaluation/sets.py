@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from qaforge.config import EvaluationConfig, GoldSet
 from qaforge.general_data import GoldQuestion, read_jsonl
-from qaforge.records import QADataset, QAPair, QuestionSet, Resampling
+from qaforge.records import UNANSWERABLE, QADataset, QAPair, QuestionSet, Resampling
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,9 @@ def spread(pairs: list[QAPair], n: int | None) -> list[QAPair]:
 
 
 def by_document(name: str, pairs: list[QAPair]) -> Questions:
-    return Questions(name, pairs, Resampling.DOCUMENTS, [p.doc_id for p in pairs])
+    """Each document one unit; the unanswerable questions together one more: they share an
+    answer and test one behaviour, and must not make a split of few documents look like many."""
+    return Questions(name, pairs, Resampling.DOCUMENTS, [UNANSWERABLE if p.unanswerable else p.doc_id for p in pairs])
 
 
 def gold_questions(gold: GoldSet, confidence: float) -> Questions:

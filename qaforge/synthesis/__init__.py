@@ -124,7 +124,7 @@ def hold_out_facts(train: list[QAPair], cfg: SynthesisConfig) -> tuple[list[QAPa
     groups: dict[Group, list[QAPair]] = {}
     for pair in train:
         groups.setdefault(_phrasing_group(pair), []).append(pair)
-    held = {g for g, pairs in groups.items() if not pairs[0].history and pairs[0].kind != "unanswerable"
+    held = {g for g, pairs in groups.items() if not pairs[0].history and not pairs[0].unanswerable
             and _sampled(g, cfg.seed, cfg.split.knowledge)}
     while True:  # a question given back to training can make another one's words or answer trained on
         kept = [g for g in groups if g not in held]

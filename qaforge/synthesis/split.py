@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from qaforge.config import SynthesisConfig
-from qaforge.records import QAPair
+from qaforge.records import UNANSWERABLE, QAPair
 
 
 def split_of(doc_id: str, cfg: SynthesisConfig) -> str:
@@ -37,7 +37,7 @@ def unanswerable_pairs(cfg: SynthesisConfig) -> list[QAPair]:
             chunk_id="",
             doc_id=f"unanswerable-{i:04d}",
             source="(unanswerable)",
-            kind="unanswerable",
+            kind=UNANSWERABLE,
             grounding=0.0,
         )
         for i, question in enumerate(cfg.unanswerable)
