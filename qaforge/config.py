@@ -387,7 +387,7 @@ class GoldSet(_Strict):
     """Questions users really ask, with reference answers written by people."""
 
     name: str = Field(pattern=r"^[a-z0-9_-]+$", description="Its name in the report and `gate_on`.")
-    path: Path = Field(description="JSONL of {question, answer, category (optional), group (optional)}.")
+    path: Path = Field(description="JSONL of {question, answer, category, group, history} (all but the first two optional).")
 
     @field_validator("name")
     @classmethod

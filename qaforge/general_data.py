@@ -9,6 +9,8 @@ from typing import TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
+from qaforge.records import Turn
+
 T = TypeVar("T", bound=BaseModel)
 
 
@@ -32,6 +34,10 @@ class GoldQuestion(BaseModel):
     category: str = ""
     group: str = Field(default="", description="Questions that stand or fall together (e.g. about one page) "
                        "share a group; intervals resample whole groups.")
+    history: list[Turn] = Field(
+        default_factory=list, description="Earlier turns of the conversation, for a follow-up question: asked "
+        "with them, and retrieved for with the turn before, as the server does."
+    )
 
 
 def read_jsonl(path: Path, schema: type[T]) -> list[T]:

@@ -24,6 +24,7 @@ from qaforge.registry import apply, decide, gate, production_model
 from qaforge.served import Answering, load_model, logged_answering
 from qaforge.tracking import RegistryError, version_by_alias_from
 
+from conftest import REPO
 from fixture_site import serve_error
 
 
@@ -122,6 +123,19 @@ def test_gold_sets_resample_their_groups_or_categories_and_say_which(tmp_path: P
     assert (many.unit, many.units) == (Resampling.CATEGORIES, 7)
     few = gold([{"category": f"c{i % 4}"} for i in range(40)])
     assert (few.unit, few.units) == (Resampling.QUESTIONS, 40) and "4 categories are too few" in few.note
+
+
+def test_a_gold_follow_up_is_asked_and_searched_with_its_conversation() -> None:
+    """The default's follow-up set: each line's question is asked after its earlier turn,
+    and retrieval reads that turn too, as the server does."""
+    from qaforge.prompting import conversation_query
+
+    questions = gold_questions(GoldSet(name="follow-ups", path=REPO / "data" / "sample" / "follow-ups.jsonl"), 0.95)
+    assert questions.unit == Resampling.GROUPS and questions.units >= 6 and all(p.history for p in questions.pairs)
+    home = next(p for p in questions.pairs if p.question == "And what about at home?")
+    messages = messages_of(home)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert "DC fast charger" in conversation_query(messages) and "at home" in conversation_query(messages)
 
 
 @pytest.mark.parametrize(("status", "code", "said"), [(403, "PERMISSION_DENIED", "the registry says no"),

@@ -63,7 +63,7 @@ def gold_questions(gold: GoldSet, confidence: float) -> Questions:
     together. Otherwise by question, which is all a flat list of questions allows."""
     records = read_jsonl(gold.path, GoldQuestion)
     pairs = [
-        QAPair(question=g.question, answer=g.answer, chunk_id="", doc_id=f"{gold.name}-{i:04d}",
+        QAPair(history=g.history, question=g.question, answer=g.answer, chunk_id="", doc_id=f"{gold.name}-{i:04d}",
                source=f"{gold.name}/{g.category or 'uncategorized'}", kind=g.category or "gold", grounding=0.0)
         for i, g in enumerate(records)
     ]
