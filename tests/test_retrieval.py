@@ -16,7 +16,7 @@ import pytest
 from qaforge.config import ContextTraining, EvaluationConfig, GoldSet, ServingConfig, load_config
 from qaforge.evaluation import AnswerCache, ModelRef, evaluate, question_sets, systems
 from qaforge.evaluation.sets import gold_questions
-from qaforge.prompting import CONTEXT_INTRO, build_messages, with_retrieved, with_system_prompt
+from qaforge.prompting import CONTEXT_INTRO, build_messages, passage_header, with_retrieved, with_system_prompt
 from qaforge.records import Chunk, ChunkSet, EvalMetric, Interval, ModelLabel, QAPair, Turn
 from qaforge.retrieval import Retriever
 from qaforge.served import Answering
@@ -98,7 +98,7 @@ def test_served_prompt_carries_the_passages_as_training_and_evaluation_do(retrie
     assert served == build_messages(question, SYSTEM, context=passages)
     content = served[-1]["content"]
     assert content.startswith(CONTEXT_INTRO) and content.endswith(f"Question: {question}")
-    assert f"[1] {passages[0].title}" in content and passages[1].text in content
+    assert f"[1] {passage_header(passages[0])}\n{passages[0].text}" in content and passages[1].text in content
     history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
                {"role": "user", "content": question}]
     assert with_retrieved(history, passages)[:2] == history[:2], "only the newest question gets passages"
