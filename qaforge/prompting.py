@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qaforge.records import Passage, Turn
+from qaforge.retrieval import with_answer_words
 
 # Neutral on purpose: a model trained with retrieval also sees passages that do not hold
 # the answer (RAFT), and must learn when to use them rather than be told to trust them.
@@ -45,10 +46,13 @@ def build_messages(
 
 def retrieval_query(questions: Sequence[str]) -> str:
     """What a conversation retrieves for, given its user turns in order: the newest,
-    after the one before it. A follow-up ("And what about at home?") rarely names its
-    subject, which the turn before did; the newest turn comes twice so that what it asks
-    about outweighs the earlier subject (BM25 counts a repeated query term twice)."""
-    newest = questions[-1] if questions else ""
+    with the words its question frame is answered in, after the one before it. A
+    follow-up ("And what about at home?") rarely names its subject, which the turn
+    before did; the newest turn comes twice so that what it asks about outweighs the
+    earlier subject (BM25 counts a repeated query term twice), and only its own frame
+    counts: the "how long" of the turn before pulled the DC fast charging page's
+    "minutes" ahead of any page about home."""
+    newest = with_answer_words(questions[-1]) if questions else ""
     return " ".join([*questions[-2:-1], newest, newest]) if len(questions) > 1 else newest
 
 

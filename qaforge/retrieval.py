@@ -45,9 +45,10 @@ _QUESTION_FRAMES = [
 ]
 
 
-def with_answer_words(query: str) -> str:
-    """The query with the words its question frame is answered in."""
-    return " ".join([query, *(words for frame, words in _QUESTION_FRAMES if frame.search(query))])
+def with_answer_words(question: str) -> str:
+    """The question with the words its frame is answered in; `prompting.retrieval_query`
+    adds them to the turn a conversation asks now."""
+    return " ".join([question, *(words for frame, words in _QUESTION_FRAMES if frame.search(question))])
 
 
 def indexed_text(passage: Passage) -> str:
@@ -88,7 +89,7 @@ class Retriever:
         if not queries:
             return []
         k_asked = min(len(self.passages), k + (1 if exclude else 0))
-        found = self.bm25.retrieve(_tokens([with_answer_words(q) for q in queries]), k=k_asked, show_progress=False,
+        found = self.bm25.retrieve(_tokens(list(queries)), k=k_asked, show_progress=False,
                                    n_threads=1)
         results = []
         for i, (ids, scores) in enumerate(zip(found.documents, found.scores)):

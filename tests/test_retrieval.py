@@ -16,7 +16,9 @@ import pytest
 from qaforge.config import ContextTraining, EvaluationConfig, GoldSet, ServingConfig, load_config
 from qaforge.evaluation import AnswerCache, ModelRef, evaluate, question_sets, systems
 from qaforge.evaluation.sets import gold_questions
-from qaforge.prompting import CONTEXT_INTRO, build_messages, passage_header, with_retrieved, with_system_prompt
+from qaforge.prompting import (
+    CONTEXT_INTRO, build_messages, passage_header, retrieval_query, with_retrieved, with_system_prompt,
+)
 from qaforge.records import Chunk, ChunkSet, EvalMetric, Interval, ModelLabel, QAPair, Turn
 from qaforge.retrieval import Retriever
 from qaforge.served import Answering
@@ -72,9 +74,14 @@ def test_the_plainest_question_of_the_sample_finds_its_page(retriever: Retriever
     """"How long does it take ...?" is answered in minutes: without the frame's answer
     words, "long" and "take" found the guide's overview ("how long charging takes") first
     and the DC fast charging page fourth."""
-    top = retriever.search("How long does it take to charge an electric car at a DC fast charger?", 2)
+    question = "How long does it take to charge an electric car at a DC fast charger?"
+    top = retriever.search(retrieval_query([question]), 2)
     assert top[0].source.endswith("levels-dc-fast-charging.html"), [p.source for p in top]
     assert "18 to 45 minutes" in top[0].text
+    # Its follow-up asks about home: the "how long" of the turn before must not pull the
+    # DC fast charging page's "minutes" ahead of every page about home.
+    found = retriever.search(retrieval_query([question, "And what about at home?"]), 2)
+    assert any("home-charging" in p.source for p in found), [p.source for p in found]
 
 
 def test_an_off_topic_question_gets_no_passages(retriever: Retriever) -> None:
