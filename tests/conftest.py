@@ -29,6 +29,7 @@ os.environ.update(
 )
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from qaforge.config import ModelConfig, SourcesConfig  # noqa: E402
 
@@ -44,6 +45,26 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, ok: tuple[
     output = result.stdout + result.stderr
     assert result.returncode in ok, f"{' '.join(args)} exited {result.returncode}:\n{output[-6000:]}"
     return output
+
+
+def user_project(root: Path, config: str) -> dict[str, Any]:
+    """`configs/<config>` as a user's project at `root` holds it: the run config, with
+    its repository-relative sources and gold sets made absolute, the repo's model cache
+    and training output under `root`. Written to `root/run.yaml` by `write_run_config`."""
+    run_config = yaml.safe_load((REPO / "configs" / config).read_text())
+    cfg = run_config["parameters"]["config"]
+    for web in cfg["sources"].get("web", []):
+        web["serve_dir"] = str(REPO / web["serve_dir"])
+    cfg["sources"]["files"] = [str(REPO / f) for f in cfg["sources"].get("files", [])]
+    for gold in cfg.get("evaluation", {}).get("gold", []):
+        gold["path"] = str(REPO / gold["path"])
+    cfg["model"] = cfg.get("model", {}) | {"cache_dir": str(REPO / ".qaforge" / "models")}
+    cfg["training"]["output_dir"] = str(root / "train")
+    return run_config
+
+
+def write_run_config(root: Path, run_config: dict[str, Any], name: str = "run.yaml") -> None:
+    (root / name).write_text(yaml.safe_dump(run_config))
 
 
 @pytest.fixture(scope="session")

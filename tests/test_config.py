@@ -67,7 +67,7 @@ def test_pipeline_rejects_bad_config_before_any_step_runs() -> None:
 
 def test_early_stopping_needs_checkpoints_at_evaluations() -> None:
     with pytest.raises(ConfigError) as err:
-        validate_config(_raw(training={"eval_steps": 10, "save_steps": 15}))
+        validate_config(_raw(training={"eval_steps": 10, "save_steps": 15, "early_stopping_patience": 3}))
     assert "parameters.config.training: Value error, save_steps (15) must be a multiple of eval_steps (10)" in str(
         err.value
     )
@@ -82,7 +82,7 @@ def test_trainable_layers_belong_to_full_fine_tuning() -> None:
 @pytest.mark.parametrize(("overrides", "message"), [
     # Passages that do not fit the served prompt: nearly every request would get 400.
     ({"retrieval": {"serve": True, "top_k": 6}, "chunking": {"max_tokens": 512},
-      "serving": {"max_prompt_tokens": 1024}},
+      "serving": {"max_prompt_tokens": 1024}, "training": {"max_length": 3264}},
      r"retrieval.top_k=6 passages of up to chunking.max_tokens=512 tokens into every served prompt, 3072 tokens "
      r"plus about 192 .* over serving.max_prompt_tokens=1024"),
     # A default answer length that the request limit refuses.
@@ -118,7 +118,7 @@ def test_gate_on_names_a_set_that_will_exist_for_the_generator() -> None:
     with pytest.raises(ConfigError, match="synthesis.split.knowledge and evaluation.knowledge must both be above 0"):
         validate_config(_raw(evaluation={"gate_on": "knowledge", "knowledge": 0}))
     assert validate_config(_raw(evaluation={"gate_on": "knowledge"})).question_sets() == [
-        "test", "knowledge", "memorisation"]
+        "test", "knowledge", "memorisation", "follow-ups"]
 
 
 def test_a_gold_set_that_cannot_be_read_stops_the_run_before_any_step(tmp_path: Path) -> None:

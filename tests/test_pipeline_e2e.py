@@ -17,7 +17,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import BIN, REPO, SAMPLE, run_cli
+from conftest import BIN, run_cli, user_project, write_run_config
 from fixture_site import free_port, wait_for_health
 
 pytestmark = pytest.mark.e2e
@@ -29,15 +29,9 @@ TOKEN = "test-token-123"
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A user's project folder: the smoke config pointing at the sample corpus."""
     root = tmp_path_factory.mktemp("project")
-    run_config = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
-    cfg = run_config["parameters"]["config"]
-    cfg["sources"]["web"][0]["serve_dir"] = str(SAMPLE / "site")
-    cfg["sources"]["files"] = [str(SAMPLE / "docs" / "fleet-depot-charging.docx")]
-    cfg["evaluation"]["gold"][0]["path"] = str(SAMPLE / "smoke-gold.jsonl")
-    cfg["model"] = {"cache_dir": str(REPO / ".qaforge" / "models")}
-    cfg["training"]["output_dir"] = str(root / "train")
-    cfg["serving"] = {"reload_seconds": 1}
-    (root / "run.yaml").write_text(yaml.safe_dump(run_config))
+    run_config = user_project(root, "smoke.yaml")
+    run_config["parameters"]["config"]["serving"] = {"reload_seconds": 1}
+    write_run_config(root, run_config)
     return root
 
 

@@ -290,9 +290,10 @@ def test_a_model_trained_with_passages_answers_from_a_fact_it_never_saw(sample_d
     from qaforge.training import train
 
     data = QADataset(train=[p for p in sample_dataset.train if not p.history][:96], val=[], test=[])
-    cfg = TrainingConfig(method="full", max_steps=12, batch_size=8, learning_rate=5e-5, max_length=576,
-                         warmup_steps=0, eval_steps=None, early_stopping_patience=None, save_steps=12,
-                         context=ContextTraining(), output_dir=tmp_path)
+    # The default's recipe: the top 15 layers, every question with its source passage.
+    cfg = TrainingConfig(method="full", trainable_layers=15, max_steps=12, batch_size=8, learning_rate=1e-4,
+                         max_length=576, warmup_steps=0, eval_steps=None, early_stopping_patience=None, save_steps=12,
+                         context=ContextTraining(with_source=1.0), output_dir=tmp_path)
     prompt = PromptConfig(system_prompt="You answer questions about electric-vehicle charging.")
     run = train(data, ModelConfig(cache_dir=REPO / ".qaforge" / "models"), cfg, prompt,
                 retriever=Retriever.build(sample_chunks), top_k=2)
