@@ -104,6 +104,7 @@ class _Row:
     sent: int = 0  # characters streamed so far
     finish: str | None = None
     gone: bool = False  # delivered (or its client left): it stays in the batch until the batch is compacted
+    last: int = 0  # the token chosen at the latest pass: the row's next input while it stays in the batch
 
     @property
     def sampling(self) -> Sampling:
@@ -237,7 +238,7 @@ class Batch:
     @torch.inference_mode()
     def _step(self) -> None:
         start = time.perf_counter()
-        last = torch.tensor([[row.tokens[-1]] for row in self.rows], device=self.mask.device)
+        last = torch.tensor([[row.last] for row in self.rows], device=self.mask.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
         logits = self.model.model(
             input_ids=last, attention_mask=self.mask, position_ids=self.mask.sum(1, keepdim=True) - 1,
@@ -256,8 +257,10 @@ class Batch:
                 chosen[i] = _sample(logits[i], row.sampling, row.generator)
         tokenizer = self.model.tokenizer
         for row, token in zip(self.rows, chosen):
+            # Every row needs an input for the next pass, also one that ends now or was
+            # delivered: a row whose first token ends its answer has no other token.
+            row.last = token
             if row.gone:
-                row.tokens.append(token)  # only its next input: its answer was delivered
                 continue
             if token in self.eos:
                 row.finish = "stop"

@@ -53,6 +53,26 @@ def test_continuous_batching_answers_as_alone_and_as_generate(fp32: Weights) -> 
     assert all(c.cost > 0 for c in batched) and sum(c.cost for c in batched) < 120
 
 
+def test_an_answer_that_ends_at_its_first_token_leaves_the_others_running(fp32: Weights) -> None:
+    """A row whose first token ends its answer (an empty answer) rides along in the batch
+    until it is compacted, as any finished row does: it used to have no token to feed the
+    next pass, and the whole batch failed with it (the server's too)."""
+    prompts = [encode_prompt(fp32.tokenizer, build_messages(q, "Be brief.")) for q in QUESTIONS]
+    first = generate(fp32, [prompts[0]], Sampling(1))[0].text
+    config = fp32.model.generation_config
+    saved = config.eos_token_id
+    # The first prompt's first token now ends an answer: its answer is empty.
+    config.eos_token_id = [*(saved if isinstance(saved, list) else [saved]),
+                           *fp32.tokenizer(first, add_special_tokens=False)["input_ids"][:1]]
+    try:
+        alone = [generate(fp32, [p], Sampling(12))[0] for p in prompts]
+        batched = generate(fp32, prompts, Sampling(12), max_batch_size=8)
+    finally:
+        config.eos_token_id = saved
+    assert (batched[0].text, batched[0].completion_tokens, batched[0].finish_reason) == ("", 0, "stop")
+    assert [c.text for c in batched] == [c.text for c in alone]
+
+
 def test_reference_nll_equals_the_models_own_loss(fp32: Weights) -> None:
     """Scored on the prompt's cache right after its prefill, a reference answer gets the
     NLL the model's own loss gives it; padding and batching change nothing."""
