@@ -73,7 +73,7 @@ class Observe:
 
 class Authenticate:
     """The API key, checked before anything reads the body: every path but the open
-    ones answers 401 without a valid key and 403 with a revoked one."""
+    ones answers 401 without a valid key, 403 with a revoked one and 400 with two."""
 
     def __init__(self, app: ASGIApp, keys: KeyStore, metrics: ServingMetrics, open_paths: frozenset[str]) -> None:
         self.app, self.keys, self.metrics, self.open_paths = app, keys, metrics, open_paths
@@ -82,8 +82,14 @@ class Authenticate:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
+        authorization = Headers(scope=scope).getlist("authorization")
+        if len(authorization) > 1:
+            # Proxies and frameworks disagree on which of two wins; refuse rather than guess.
+            await APIError(400, f"the request has {len(authorization)} Authorization headers; send one",
+                           code="duplicate_authorization").response()(scope, receive, send)
+            return
         try:
-            key = self.keys.authenticate(Headers(scope=scope).get("authorization"))
+            key = self.keys.authenticate(authorization[0] if authorization else None)
         except AuthError as exc:
             error = APIError(exc.status, exc.message,
                              "authentication_error" if exc.status == 401 else "permission_error",

@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model, field_validator,
+)
 
 from starlette.exceptions import HTTPException
 
@@ -36,9 +38,38 @@ class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
 
+def _joined_text_parts(content: object) -> object:
+    """`content` as a list of text parts, as newer SDKs and many UIs send it, is the text
+    the parts make, joined by new lines as vLLM joins them. A part the model cannot read
+    (an image, audio, a file) is refused by name."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text":
+            raise ValueError(f"part {i} is of type {kind!r}: this model reads text only, so `content` is a string "
+                             "or a list of {\"type\": \"text\", \"text\": ...} parts")
+        if not isinstance(part.get("text"), str):
+            raise ValueError(f"part {i} has no `text` string")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+TEXT_PARTS_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": {
+    "type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+    "required": ["type", "text"]}}]}
+
+
 class ChatMessage(_Request):
-    role: Literal["system", "user", "assistant"]
-    content: Text
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[Text, BeforeValidator(_joined_text_parts), WithJsonSchema(TEXT_PARTS_SCHEMA)]
+
+    @field_validator("role")
+    @classmethod
+    def _developer_is_system(cls, role: str) -> str:
+        """Newer OpenAI clients send the system turn as `developer`: it means the same."""
+        return "system" if role == "developer" else role
 
 
 class StreamOptions(_Request):

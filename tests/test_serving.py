@@ -78,6 +78,37 @@ def test_openai_client_completions_streaming_and_models(api: dict) -> None:
     assert " a " not in stopped.choices[0].message.content
 
 
+def test_todays_openai_request_shapes_are_read_as_the_plain_ones(api: dict) -> None:
+    """Newer SDKs and many UIs send `content` as a list of text parts and the system turn
+    as `developer`: the model gets exactly the prompt of the plain shapes. A part it
+    cannot read is refused by name."""
+    client = openai.OpenAI(base_url=f"{api['url']}/v1", api_key=api["keys"]["alice"], max_retries=0)
+    plain = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "What is a Level 2 charger?"}]
+    parts = [{"role": "developer", "content": [{"type": "text", "text": "Answer briefly."}]},
+             {"role": "user", "content": [{"type": "text", "text": "What is a Level 2"},
+                                          {"type": "text", "text": "charger?"}]}]
+    joined = [plain[0], {"role": "user", "content": "What is a Level 2\ncharger?"}]
+    ask = [client.chat.completions.create(model=api["name"], messages=m, max_tokens=8) for m in (parts, joined)]
+    assert ask[0].choices[0].message.content == ask[1].choices[0].message.content
+    assert ask[0].usage.prompt_tokens == ask[1].usage.prompt_tokens
+    assert client.chat.completions.create(model=api["name"], messages=plain, max_tokens=8).usage.prompt_tokens \
+        == client.chat.completions.create(model=api["name"], messages=[parts[0], plain[1]], max_tokens=8).usage.prompt_tokens
+    image = [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                          {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=api["name"], messages=image, max_tokens=8)
+    error = refused.value.body
+    assert error["param"] == "messages.0.content" and "part 1 is of type 'image_url'" in error["message"], error
+
+
+def test_two_authorization_headers_are_refused(api: dict) -> None:
+    """Which of two headers wins differs between proxies and frameworks: refuse both."""
+    headers = [("Authorization", f"Bearer {api['keys']['alice']}"), ("Authorization", "Bearer qf-nope")]
+    response = httpx.post(f"{api['url']}/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 4},
+                          headers=headers, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "duplicate_authorization", response.text
+
+
 def test_requests_are_batched(api: dict) -> None:
     async def ask_all() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=api["url"], headers=auth(api), timeout=120) as client:
