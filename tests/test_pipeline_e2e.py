@@ -17,6 +17,8 @@ import mlflow
 import pytest
 import yaml
 
+from qaforge.records import EvalMetric, ModelLabel
+
 from conftest import BIN, run_cli, user_project, write_run_config
 from fixture_site import free_port, wait_for_health
 
@@ -52,7 +54,13 @@ def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
     run = client.get_run(version.run_id)
     # Two test documents decide nothing: the gate read the gold set, and said so.
     assert run.data.tags["eval.gate_set"] == "smoke" and "gated on the smoke set" in info
-    assert run.data.metrics["eval/smoke/candidate/rougeL"] > run.data.metrics["eval/smoke/base/rougeL"]
+    # smoke.yaml trains and serves with passages, as the default does: the gate compared
+    # the candidate with the base model given the same passages.
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "eval/report.json")).read_text())
+    served, baseline = report["gated"], report["baseline"]
+    assert (served, baseline) == (ModelLabel.CANDIDATE_RETRIEVAL, ModelLabel.BASE_RETRIEVAL)
+    assert run.data.metrics[str(EvalMetric("smoke", served, "rougeL"))] > \
+        run.data.metrics[str(EvalMetric("smoke", baseline, "rougeL"))]
     assert run.data.params["training.method"] == "full"
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2, "per-step loss logged"
     assert len(client.get_metric_history(run.info.run_id, "val/loss")) >= 1, "val loss logged"
@@ -62,11 +70,12 @@ def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
     decision = json.loads(Path(client.download_artifacts(run.info.run_id, "promotion/decision.json")).read_text())
     assert decision["promoted"] and decision["version"] == "1", decision["reason"]
     assert decision["question_set"] == "smoke" and "on the smoke set" in decision["reason"]
-    assert decision["versus_base"]["low"] == metrics["eval/smoke/gain_over_base/rougeL_low"] > 0
+    assert decision["versus_base"]["low"] == metrics[f"eval/smoke/gain_over_{baseline}/rougeL_low"] > 0
     assert decision["versus_production"] is None, "nothing was in production before"
-    for name in ("eval/smoke/candidate/perplexity", "eval/smoke/base/perplexity", "eval/speed/candidate/latency_p95_ms",
-                 "eval/guard/candidate/general_accuracy", "eval/guard/base/general_accuracy"):
-        assert metrics[name] > 0, name
+    for name in (EvalMetric("smoke", served, "perplexity"), EvalMetric("smoke", baseline, "perplexity"),
+                 EvalMetric("speed", served, "latency_p95_ms"), EvalMetric("guard", served, "general_accuracy"),
+                 EvalMetric("guard", baseline, "general_accuracy")):
+        assert metrics[str(name)] > 0, name
     assert {"eval/answers.json", "eval/general.json", "eval/report.json"} <= {
         a.path for a in client.list_artifacts(run.info.run_id, "eval")
     }
@@ -206,11 +215,11 @@ def test_retrained_candidate_is_gated_against_production(project: Path, first_ru
         report = json.loads(Path(client.download_artifacts(run.info.run_id, "eval/report.json")).read_text())
         assert decision["version"] == str(latest.version) != "1" and decision["production_version"] == "1"
         assert report["models"]["production"] == "models:/qaforge-smoke/1"
-        assert report["reused"] == ["base", "production"], "only the new candidate was asked"
+        assert report["reused"] == [report["baseline"], "production"], "only the new candidate was asked"
         first = client.get_run(client.get_model_version("qaforge-smoke", "1").run_id)
         # The registered v1 answers this split as it did when it was the candidate.
         assert run.data.metrics["eval/smoke/production/rougeL"] == pytest.approx(
-            first.data.metrics["eval/smoke/candidate/rougeL"], abs=1e-4
+            first.data.metrics[str(EvalMetric("smoke", report["gated"], "rougeL"))], abs=1e-4
         )
         lows = decision["versus_base"]["low"], decision["versus_production"]["low"]
         assert decision["promoted"] is (min(lows) > 0), decision["reason"]

@@ -20,6 +20,8 @@ import mlflow
 import pytest
 import yaml
 
+from qaforge.records import EvalMetric, ModelLabel
+
 from conftest import BIN, REPO, SAMPLE, run_cli
 from fixture_site import free_port, wait_for_health
 
@@ -128,7 +130,9 @@ def test_runs_and_versions_live_in_the_servers(postgres, project, trained: str, 
     assert version.version == "1"
     assert len(version.tags["sources_fingerprint"]) == 64 and len(version.tags["config_digest"]) == 16
     run = client.get_run(version.run_id)
-    assert run.data.metrics["eval/smoke/candidate/rougeL"] > run.data.metrics["eval/smoke/base/rougeL"]
+    served, baseline = ModelLabel.CANDIDATE_RETRIEVAL, ModelLabel.BASE_RETRIEVAL  # smoke.yaml serves with passages
+    assert run.data.metrics[str(EvalMetric("smoke", served, "rougeL"))] > \
+        run.data.metrics[str(EvalMetric("smoke", baseline, "rougeL"))]
     # Stored in PostgreSQL, not in a local file: ask the database itself.
     rows = postgres.psql(f"\\c mlflow\nSELECT name, version FROM model_versions WHERE name = '{MODEL}';")
     assert MODEL in rows and "(1 row)" in rows
