@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from qaforge.cli import SourcesCheck
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
@@ -72,12 +74,12 @@ def main() -> None:
             page.write_text(page.read_text().replace(
                 "</body>", "<p>From March, every public charger in the network accepts contactless payment.</p></body>"))
         check_s, check_code, out = timed("qaforge", "sources-changed", "-c", "run.yaml", cwd=project, env=env)
-        assert check_code in (0, 1), out
+        assert check_code in (SourcesCheck.CHANGED, SourcesCheck.UNCHANGED), out
         run_s, code, out = timed("zenml", "pipeline", "run", "pipelines.domain_qa.domain_qa_pipeline",
                                  "-c", "run.yaml", cwd=project, env=env)
         assert code == 0, out[-4000:]
         cached = len(set(re.findall(r"Using cached version of step `?(\w+)", out)))
-        rows.append((label, check_s, "changed" if check_code == 0 else "unchanged", run_s, cached))
+        rows.append((label, check_s, SourcesCheck(check_code).name.lower(), run_s, cached))
         print(f"{label}: sources-changed {check_s:.1f} s ({rows[-1][2]}), run {run_s:.1f} s, "
               f"{cached} steps from the cache", flush=True)
         if args.log:

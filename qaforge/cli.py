@@ -4,6 +4,7 @@ Pipelines themselves run with `zenml pipeline run` (see README)."""
 from __future__ import annotations
 
 import sys
+from enum import IntEnum
 from pathlib import Path
 
 import click
@@ -47,30 +48,39 @@ def setup(stack: str | None, tracking_uri: str | None, config_path: Path) -> Non
     click.echo(f"Base model ready at {resolve_base_model(cfg.model)}")
 
 
+class SourcesCheck(IntEnum):
+    """`qaforge sources-changed`'s exit codes, apart from Python's own (1 for an uncaught
+    exception, 2 for a bad command line), so that a crash never reads as an answer: a
+    schedule that takes every other code for an error fails closed."""
+
+    CHANGED = 10
+    UNCHANGED = 11
+    ERROR = 12
+
+
 @main.command("sources-changed")
 @config_option
 def sources_changed(config_path: Path) -> None:
-    """Exit 0 if a run could train something new: the sources (fetched and hashed, not
+    """Exit 10 if a run could train something new: the sources (fetched and hashed, not
     converted) or the config differ from those of the newest registered version in the
-    tracking server. Exit 1 if nothing changed, 2 on an error."""
-    from mlflow.exceptions import MlflowException
-
-    from qaforge.config import config_digest
-    from qaforge.ingest import fingerprint
-    from qaforge.registry import what_changed
-    from qaforge.tracking import StackError
-
+    tracking server. Exit 11 if nothing changed; 12 (or any other code) when it cannot
+    tell, with what failed."""
     cfg = _load(config_path)
     try:
+        from qaforge.config import config_digest
+        from qaforge.ingest import fingerprint
+        from qaforge.registry import what_changed
+
         reasons = what_changed(cfg.registry.model_name, fingerprint(cfg.sources), config_digest(cfg))
-    except (StackError, MlflowException) as exc:
-        click.echo(f"Cannot compare with the tracking server: {exc}", err=True)
-        sys.exit(2)
+    except Exception as exc:  # any failure, a crawl's or the registry's: never "unchanged"
+        click.echo(f"Cannot tell whether the sources changed: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(SourcesCheck.ERROR)
     if not reasons:
         click.echo(f"Unchanged: the sources and the config are those of the newest version of "
                    f"'{cfg.registry.model_name}'.")
-        sys.exit(1)
+        sys.exit(SourcesCheck.UNCHANGED)
     click.echo("Changed: " + "; ".join(reasons) + ".")
+    sys.exit(SourcesCheck.CHANGED)
 
 
 @main.command()

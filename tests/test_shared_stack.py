@@ -20,6 +20,7 @@ import mlflow
 import pytest
 import yaml
 
+from qaforge.cli import SourcesCheck
 from qaforge.records import EvalMetric, ModelLabel
 
 from conftest import BIN, REPO, SAMPLE, run_cli
@@ -157,7 +158,7 @@ def test_stack_and_run_live_in_the_zenml_server(project, trained: str, zenml_ser
 
 def test_sources_changed_asks_the_tracking_server(project, trained: str, tmp_path: Path) -> None:  # noqa: ANN001
     root, env = project
-    out = run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=root, env=env, ok=(1,))
+    out = run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=root, env=env, ok=(SourcesCheck.UNCHANGED,))
     assert "Unchanged" in out
     # A fresh runner: another checkout of the project, with a new ZenML store and no
     # local state, compares equal all the same.
@@ -165,23 +166,23 @@ def test_sources_changed_asks_the_tracking_server(project, trained: str, tmp_pat
     shutil.copytree(root, runner, ignore=shutil.ignore_patterns(".zen", ".qaforge"))
     runner_env = env | {"ZENML_CONFIG_PATH": str(tmp_path / "zenml")}
     run_cli("qaforge", "setup", "-c", "run.yaml", "--tracking-uri", trained, cwd=runner, env=runner_env)
-    run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(1,))
+    run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(SourcesCheck.UNCHANGED,))
 
     page = runner / "site" / "index.html"
     page.write_text(page.read_text().replace("</main>", "<p>Depot chargers now run from 5 am to midnight.</p></main>"))
-    out = run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(0,))
+    out = run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(SourcesCheck.CHANGED,))
     assert "the sources differ from those v1 was trained on" in out
 
     config = yaml.safe_load((runner / "run.yaml").read_text())
     config["parameters"]["config"]["training"]["max_steps"] = 17
     (runner / "run.yaml").write_text(yaml.safe_dump(config))
-    out = run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(0,))
+    out = run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env, ok=(SourcesCheck.CHANGED,))
     assert "the config differs" in out
 
-    # No server to ask is an error (2), not "changed".
+    # No server to ask is an error, not "changed".
     run_cli("qaforge", "setup", "-c", "run.yaml", "--tracking-uri", "http://127.0.0.1:9", cwd=runner, env=runner_env)
     run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=runner, env=runner_env | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"},
-         ok=(2,))
+         ok=(SourcesCheck.ERROR,))
 
 
 def test_report_comes_from_the_tracking_server(project, trained: str, tmp_path: Path) -> None:  # noqa: ANN001
