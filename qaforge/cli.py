@@ -217,10 +217,12 @@ def serve(config_path: Path, model_uri: str | None, host: str | None, port: int 
 @click.option("--gguf-type", type=click.Choice([t.value for t in GGUFType]), default=GGUFType.F16.value,
               show_default=True, help="Type of the GGUF's matrices.")
 @click.option("--gguf/--no-gguf", default=True, show_default=True)
+@click.option("--closed-book", is_flag=True,
+              help="Write the GGUF of a model that answers from retrieved passages anyway (it runs without them).")
 @click.option("--push-to-hub", "repo_id", help="Also upload the Hugging Face folder to this Hub repo (needs HF_TOKEN).")
 @click.option("--public", is_flag=True, help="Make a new Hub repo public (default: private).")
 def export(config_path: Path, out: Path, version: str | None, model_uri: str | None, gguf_type: str, gguf: bool,
-           repo_id: str | None, public: bool) -> None:
+           closed_book: bool, repo_id: str | None, public: bool) -> None:
     """Write a model version as a Hugging Face folder and a GGUF file with an Ollama Modelfile."""
     from qaforge.export import export_model, push_to_hub
     from qaforge.served import is_mlflow_uri
@@ -234,13 +236,16 @@ def export(config_path: Path, out: Path, version: str | None, model_uri: str | N
 
         mlflow.set_tracking_uri(tracking_uri())
     try:
-        exported = export_model(location, out, GGUFType(gguf_type), gguf, name)
+        exported = export_model(location, out, GGUFType(gguf_type), gguf, name, closed_book)
     except ValueError as exc:
         click.echo(f"Cannot export {location}: {exc}", err=True)
         sys.exit(1)
     click.echo(f"Hugging Face folder: {exported.hf_dir}")
     if exported.gguf:
         click.echo(f"GGUF:                {exported.gguf}")
+        if exported.retrieval:
+            click.echo("Warning: this model was trained to answer from retrieved passages; the GGUF runs without them "
+                       "(closed book), as it was never evaluated.", err=True)
         click.echo(f"Ollama:              cd {exported.modelfile.parent} && ollama create {name} -f Modelfile")
     if repo_id:
         click.echo(f"Pushed to {push_to_hub(exported.hf_dir, repo_id, private=not public)}")

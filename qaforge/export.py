@@ -37,6 +37,7 @@ class Exported:
     gguf: Path | None
     modelfile: Path | None
     system_prompt: str | None
+    retrieval: bool = False  # it answers from retrieved passages: hf/ carries its index, a GGUF runs without
 
 
 def fetch_model(location: str, work: Path) -> tuple[Path, str | None, Path | None]:
@@ -52,7 +53,8 @@ def fetch_model(location: str, work: Path) -> tuple[Path, str | None, Path | Non
         if not folder.is_dir():
             raise ValueError("neither an MLflow model URI (models:/, runs:/, mlflow-artifacts:/) nor a model folder")
         saved = json.loads((folder / QAFORGE_FILE).read_text()) if (folder / QAFORGE_FILE).exists() else {}
-        return folder, saved.get("system_prompt"), None
+        index = saved.get("retrieval_index")
+        return folder, saved.get("system_prompt"), folder / index if index else None
     where = artifact_location(location)
     flavor = logged_flavor(where, work)
     artifacts, config = flavor["artifacts"], flavor.get("config") or {}
@@ -68,8 +70,8 @@ def write_hf_folder(model_dir: Path, out: Path, system_prompt: str | None, index
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(model_dir, out)
-    if index is not None:
-        shutil.copytree(index, out / "index")
+    if index is not None:  # already there when the folder is an earlier export's hf/
+        shutil.copytree(index, out / "index", dirs_exist_ok=True)
     write_atomic(out / QAFORGE_FILE, json.dumps(
         {"system_prompt": system_prompt, "retrieval_index": "index" if index is not None else None}, indent=1))
     return out
@@ -91,13 +93,30 @@ def _pre_tokenizer(hf_dir: Path) -> str:
         return "gpt-2"
     if kinds == [("Digits", True), ("ByteLevel", None)]:
         return "smollm"
-    log.warning("pre-tokenizer %s has no known llama.cpp name: llama.cpp may split text differently", kinds)
-    return "default"
+    raise ValueError(f"the tokenizer's pre-tokenizer {kinds} has no llama.cpp name qaforge knows: llama.cpp would "
+                     "split text differently from the trained tokenizer. Use --no-gguf and llama.cpp's "
+                     "convert_hf_to_gguf.py, which knows more of them")
 
 
 def _rope_theta(config: object) -> float:
     params = getattr(config, "rope_parameters", None) or {}
     return float(params.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
+
+
+def _refuse_unwritten(config: object) -> None:
+    """What this writer does not put into the GGUF, and llama.cpp would then get wrong:
+    scaled rotary embeddings (Llama 3.1's `llama3`, `linear`, `yarn`, ...) and a head
+    size other than hidden_size / heads. Refused rather than exported "successfully"."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = params.get("rope_type") or params.get("type") or "default"
+    if rope_type != "default":
+        raise ValueError(f"rope_type '{rope_type}' (scaled rotary embeddings) is not written by qaforge's GGUF "
+                         "export: use --no-gguf and llama.cpp's convert_hf_to_gguf.py")
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    if head_dim * heads != config.hidden_size:
+        raise ValueError(f"head_dim {head_dim} x {heads} heads is not hidden_size {config.hidden_size}: qaforge's "
+                         "GGUF export writes only that layout; use --no-gguf and llama.cpp's convert_hf_to_gguf.py")
 
 
 def write_gguf(hf_dir: Path, path: Path, tensor_type: GGUFType = GGUFType.F16, name: str = "qaforge") -> Path:
@@ -114,6 +133,8 @@ def write_gguf(hf_dir: Path, path: Path, tensor_type: GGUFType = GGUFType.F16, n
             f"GGUF export supports llama-architecture models, not '{config.model_type}': convert the exported "
             f"Hugging Face folder with llama.cpp's convert_hf_to_gguf.py instead"
         )
+    _refuse_unwritten(config)
+    pre_tokenizer = _pre_tokenizer(hf_dir)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     file_type = {GGUFType.F32: gguf.LlamaFileType.ALL_F32, GGUFType.F16: gguf.LlamaFileType.MOSTLY_F16,
@@ -138,7 +159,7 @@ def write_gguf(hf_dir: Path, path: Path, tensor_type: GGUFType = GGUFType.F16, n
     vocab = {i: t for t, i in tokenizer.get_vocab().items()}
     special = set(tokenizer.all_special_ids)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer(hf_dir))
+    writer.add_tokenizer_pre(pre_tokenizer)
     writer.add_token_list([vocab.get(i, f"[PAD{i}]") for i in range(config.vocab_size)])
     writer.add_token_types([
         gguf.TokenType.CONTROL if i in special else
@@ -178,20 +199,26 @@ def write_gguf(hf_dir: Path, path: Path, tensor_type: GGUFType = GGUFType.F16, n
     return path
 
 
-# Ollama's Go template for ChatML, the format SmolLM2 and Qwen are trained on.
-CHATML_TEMPLATE = """{{- if .System }}<|im_start|>system
-{{ .System }}<|im_end|>
-{{ end }}{{- range .Messages }}<|im_start|>{{ .Role }}
+# Ollama's Go template for ChatML, the format SmolLM2 and Qwen are trained on. Ollama
+# hands a template the system turn twice, as `.System` and as the first of `.Messages`
+# (the Modelfile's SYSTEM when the request has none): rendering the messages alone puts
+# it in once, where training and qaforge's server put it.
+CHATML_TEMPLATE = """{{- range .Messages }}<|im_start|>{{ .Role }}
 {{ .Content }}<|im_end|>
 {{ end }}<|im_start|>assistant
 """
 
 
-def modelfile(gguf_name: str, system_prompt: str | None, chat_template: str) -> str:
+CLOSED_BOOK_NOTE = ("# This model was trained to answer from retrieved passages, which neither Ollama nor llama.cpp\n"
+                    "# retrieves: asked here it answers closed book, as it was not evaluated. qaforge serve\n"
+                    "# (or hf/ with hf/index/) answers as it was trained.")
+
+
+def modelfile(gguf_name: str, system_prompt: str | None, chat_template: str, closed_book_note: bool = False) -> str:
     """An Ollama Modelfile: the GGUF beside it, the trained system prompt, greedy
     decoding as qaforge evaluates, and the prompt template when it is ChatML (else
     Ollama reads the chat template embedded in the GGUF)."""
-    lines = [f"FROM ./{gguf_name}"]
+    lines = [CLOSED_BOOK_NOTE, f"FROM ./{gguf_name}"] if closed_book_note else [f"FROM ./{gguf_name}"]
     if "<|im_start|>" in chat_template:
         lines += [f'TEMPLATE """{CHATML_TEMPLATE}"""', 'PARAMETER stop "<|im_end|>"']
     if system_prompt:
@@ -201,21 +228,27 @@ def modelfile(gguf_name: str, system_prompt: str | None, chat_template: str) -> 
 
 
 def export_model(location: str, out: Path, tensor_type: GGUFType = GGUFType.F16, gguf: bool = True,
-                 name: str = "qaforge") -> Exported:
+                 name: str = "qaforge", closed_book: bool = False) -> Exported:
     """Write `out/hf/` and, for a llama-architecture model, `out/gguf/<name>.gguf` with
-    `out/gguf/Modelfile`."""
+    `out/gguf/Modelfile`. A model that answers from retrieved passages gets a GGUF only
+    with `closed_book`: nothing retrieves for it there."""
     with tempfile.TemporaryDirectory(prefix="qaforge-export-") as work:
         model_dir, system_prompt, index = fetch_model(location, Path(work))
+        if gguf and index is not None and not closed_book:
+            raise ValueError("this model answers from retrieved passages, and a GGUF for llama.cpp or Ollama runs "
+                             "without them (closed book, as it was never evaluated): export with --no-gguf for hf/ "
+                             "with its index, or with --closed-book to write the GGUF anyway")
         hf_dir = write_hf_folder(model_dir, out / "hf", system_prompt, index)
+    retrieval = index is not None
     if not gguf:
-        return Exported(hf_dir, None, None, system_prompt)
+        return Exported(hf_dir, None, None, system_prompt, retrieval)
     gguf_path = write_gguf(hf_dir, out / "gguf" / f"{name}-{tensor_type}.gguf", tensor_type, name)
     from transformers import AutoTokenizer
 
     template = AutoTokenizer.from_pretrained(hf_dir).chat_template or ""
     mf = out / "gguf" / "Modelfile"
-    write_atomic(mf, modelfile(gguf_path.name, system_prompt, template))
-    return Exported(hf_dir, gguf_path, mf, system_prompt)
+    write_atomic(mf, modelfile(gguf_path.name, system_prompt, template, closed_book_note=retrieval))
+    return Exported(hf_dir, gguf_path, mf, system_prompt, retrieval)
 
 
 def push_to_hub(hf_dir: Path, repo_id: str, private: bool = True, token: str | None = None) -> str:

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from qaforge.cli import SourcesCheck
+from qaforge.export import CLOSED_BOOK_NOTE
 from qaforge.records import EvalMetric, ModelLabel
 
 from conftest import BIN, REPO, SAMPLE, run_cli
@@ -224,14 +225,19 @@ def test_export_gives_the_same_greedy_answer_as_gguf(project, trained: str, tmp_
 
     root, env = project
     out = tmp_path / "export"
+    # The smoke model answers from retrieved passages, which nothing retrieves in a GGUF.
+    refused = run_cli("qaforge", "export", "-c", "run.yaml", "--out", str(out), cwd=root, env=env, ok=(1,))
+    assert "answers from retrieved passages" in refused and not out.exists()
     # f32, so that the two must agree token for token; f16 and q8_0 round the weights.
-    printed = run_cli("qaforge", "export", "-c", "run.yaml", "--out", str(out), "--gguf-type", "f32",
+    printed = run_cli("qaforge", "export", "-c", "run.yaml", "--out", str(out), "--gguf-type", "f32", "--closed-book",
                       cwd=root, env=env)
     gguf = out / "gguf" / f"{MODEL}-f32.gguf"
-    assert str(gguf) in printed
+    assert str(gguf) in printed and "Warning: this model was trained to answer from retrieved passages" in printed
+    assert (out / "hf" / "index").is_dir(), "hf/ keeps the index it answers from"
     system_prompt = yaml.safe_load((root / "run.yaml").read_text())["parameters"]["config"]["prompt"]["system_prompt"]
     modelfile = (out / "gguf" / "Modelfile").read_text()
-    assert modelfile.startswith(f"FROM ./{gguf.name}\n") and f'SYSTEM """{system_prompt}"""' in modelfile
+    assert modelfile.startswith(f"{CLOSED_BOOK_NOTE}\nFROM ./{gguf.name}\n")
+    assert f'SYSTEM """{system_prompt}"""' in modelfile
     assert '<|im_start|>{{ .Role }}' in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
 
     conversations = [build_messages(q, system_prompt) for q in
