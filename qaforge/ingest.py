@@ -83,7 +83,7 @@ class _Collector:
         self.pdf_mode = "standard" if standard_pdf_available(sources.pdf_artifacts_path) else "native"
         self.documents: dict[str, tuple[str, Document]] = {}
         self.failures: list[IngestFailure] = []
-        # document id -> conversion input key of every input fetched, converted or not
+        # document id -> conversion input key of every input fetched (converted, when converting)
         self.inputs: dict[str, str] = {}
 
     def fingerprint(self) -> str:
@@ -110,13 +110,21 @@ class _Collector:
         else:
             try:
                 converted = convert()
-            except ConversionError as exc:
-                self.failures.append(IngestFailure(source=source, kind=exc.kind, reason=str(exc), status=status))
-                return
             except Exception as exc:  # docling's own errors, or any other: one bad input never stops the run
                 log.debug("converting %s failed", source, exc_info=True)
-                self.failures.append(IngestFailure(source=source, kind="conversion", status=status,
-                                                   reason=f"{type(exc).__name__}: {exc}"))
+                kind, reason = (exc.kind, str(exc)) if isinstance(exc, ConversionError) else (
+                    "conversion", f"{type(exc).__name__}: {exc}")
+                self.failures.append(IngestFailure(source=source, kind=kind, reason=reason, status=status))
+                if kind == "conversion":
+                    # Nothing was built from this input, and another try may convert it: the
+                    # fingerprint records the input the kept earlier document came from (or
+                    # none), or the next check would call the new one unchanged and it would never
+                    # be trained on. (What the input itself rules out, too large or of a type
+                    # docling does not read, fails the same way again and counts as it is.)
+                    if (previous := self.state.index.get(source)) is not None:
+                        self.inputs[doc_id] = previous["key"]
+                    else:
+                        del self.inputs[doc_id]
                 return
             markdown = normalize_text(converted.export_to_markdown()).strip()
             doc = Document(

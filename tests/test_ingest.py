@@ -192,6 +192,27 @@ def test_an_unreadable_file_or_a_converter_crash_is_recorded(tmp_path: Path) -> 
     assert (failure.kind, failure.reason) == ("conversion", "IndexError: list index out of range")
 
 
+def test_a_failed_conversion_is_not_recorded_as_trained_on(tmp_path: Path) -> None:
+    """A new version of a file that docling cannot convert keeps the earlier document, and
+    the run's fingerprint records the input that document came from: the next check
+    (fetch and hash only) sees the new version as a change, so a retrain tries it again."""
+    import docx
+
+    manual = tmp_path / "manual.docx"
+    document = docx.Document()
+    document.add_heading("Charging at home", level=1)
+    document.add_paragraph("A Level 2 charger at home adds about 25 miles of range per hour of charging. " * 4)
+    document.save(manual)
+    sources = SourcesConfig(files=[manual], state_dir=tmp_path / "state", min_chars=20)
+    _, first = ingest(sources)
+    manual.write_bytes(b"PK\x03\x04 not a zip archive any more")  # a .docx docling cannot open
+    corpus, second = ingest(sources)
+    assert [d.title for d in corpus.documents] == ["Charging at home"], "the earlier document is kept"
+    assert [(f.source, f.kind) for f in second.failures] == [(str(manual), "conversion")]
+    assert second.fingerprint == first.fingerprint, "trained on what the kept document came from"
+    assert fingerprint(sources) != second.fingerprint, "the check sees the new version as a change"
+
+
 def test_files_of_every_kind(tmp_path: Path) -> None:
     import docx
     import pptx
