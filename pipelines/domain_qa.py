@@ -12,6 +12,7 @@ from typing import Any
 from zenml import Model, pipeline
 
 from qaforge.config import config_digest, validate_config
+from qaforge.modeling import base_identity
 from qaforge.evaluation.sets import check_gold_sets
 from qaforge.logs import quiet_libraries
 from steps.chunk import chunk_step
@@ -38,5 +39,5 @@ def domain_qa_pipeline(config: dict[str, Any]) -> None:
     trained = train_step(data, index, cfg.model, cfg.training, cfg.prompt, cfg.retrieval)
     report = evaluate_step(data, trained, index, cfg.model, cfg.prompt, cfg.retrieval, cfg.evaluation, cfg.registry)
     # Tagged with what it was trained from, for `qaforge sources-changed`.
-    registered = register_step(trained, cfg.registry, fingerprint, config_digest(cfg))
+    registered = register_step(trained, cfg.registry, fingerprint, config_digest(cfg, base_identity(cfg.model)))
     promote_step(report, registered, cfg.evaluation, cfg.registry)

@@ -69,9 +69,11 @@ def sources_changed(config_path: Path) -> None:
     try:
         from qaforge.config import config_digest
         from qaforge.ingest import fingerprint
+        from qaforge.modeling import base_identity
         from qaforge.registry import what_changed
 
-        reasons = what_changed(cfg.registry.model_name, fingerprint(cfg.sources), config_digest(cfg))
+        reasons = what_changed(cfg.registry.model_name, fingerprint(cfg.sources),
+                               config_digest(cfg, base_identity(cfg.model)))
     except Exception as exc:  # any failure, a crawl's or the registry's: never "unchanged"
         click.echo(f"Cannot tell whether the sources changed: {type(exc).__name__}: {exc}", err=True)
         sys.exit(SourcesCheck.ERROR)

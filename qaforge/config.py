@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from qaforge.fsutil import file_sha256
 from qaforge.hardware import Device, Precision, Quantization
 from qaforge.records import RESERVED_SET_NAMES, QuestionSet
 
@@ -661,10 +663,30 @@ def config_hash(model: BaseModel) -> str:
     return _digest(model.model_dump(mode="json"))
 
 
-def config_digest(cfg: QAForgeConfig) -> str:
-    """What a trained and gated version depends on besides the sources' content: every
-    section but serving, leaving out where caches live and how much is logged."""
-    data = cfg.model_dump(mode="json", exclude={"cache_dir", "serving", "verbose"})
+def config_digest(cfg: QAForgeConfig, base_weights: str) -> str:
+    """What a trained and gated version depends on besides the sources' content (their
+    fingerprint): every section but serving, without where caches, reports, the sources
+    and the base model live or how much is logged; the files it names (gold sets, replay
+    and general-QA data) by their contents, the base model by `base_weights`
+    (`modeling.base_identity`), and the qaforge version. The same from any checkout on
+    any machine; different when any of those change."""
+    data = cfg.model_dump(mode="json", exclude={
+        "cache_dir": True, "serving": True, "verbose": True, "model": {"name_or_path", "gguf_file"},
+        "sources": {"files": True, "web": {"__all__": {"serve_dir", "chromium_path"}}},
+        "evaluation": {"report_dir", "gold", "general_qa"}, "training": {"replay"},
+    })
     for section, key in CACHE_DIRS:
         data[section].pop(key, None)
+    data["sources"]["pdf_artifacts_path"] = cfg.sources.pdf_artifacts_path and _portable(cfg.sources.pdf_artifacts_path)
+    data["evaluation"]["gold"] = [{"name": g.name, "sha256": file_sha256(g.path)} for g in cfg.evaluation.gold]
+    data["evaluation"]["general_qa"] = cfg.evaluation.general_qa and file_sha256(cfg.evaluation.general_qa)
+    replay = cfg.training.replay
+    data["training"]["replay"] = replay and {"ratio": replay.ratio, "sha256": file_sha256(replay.path)}
+    data["base_weights"], data["qaforge"] = base_weights, package_version("qaforge")
     return _digest(data)
+
+
+def _portable(path: Path) -> str:
+    """A path as the same project sees it anywhere: relative to it when inside it."""
+    resolved = Path(path).resolve()
+    return resolved.relative_to(Path.cwd()).as_posix() if resolved.is_relative_to(Path.cwd()) else str(resolved)

@@ -18,6 +18,7 @@ from docling_core.types.doc import DoclingDocument
 from tqdm import tqdm
 
 from qaforge.config import SourcesConfig
+from qaforge.fsutil import file_sha256
 from qaforge.records import (
     Corpus,
     Document,
@@ -160,14 +161,6 @@ class _Collector:
         return None
 
 
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _add_download(collector: _Collector, page: FetchedPage, max_bytes: int) -> None:
     """A crawled non-HTML body: docling converts the formats it knows."""
     suffix = page.file.suffix.lower() or CONTENT_TYPE_SUFFIXES.get(page.content_type, "")
@@ -181,7 +174,7 @@ def _add_download(collector: _Collector, page: FetchedPage, max_bytes: int) -> N
         return
     path = page.file if page.file.suffix else page.file.rename(page.file.with_suffix(suffix))
     collector.add(
-        page.source, file_hash(path),
+        page.source, file_sha256(path),
         lambda: convert_path(path, max_bytes, collector.sources.pdf_artifacts_path),
         f"crawl4ai+docling-{suffix.lstrip('.')}", status=page.status,
     )
@@ -219,7 +212,7 @@ def _collect(collector: _Collector) -> None:
         shutil.rmtree(downloads, ignore_errors=True)
     for path in tqdm(list(iter_files(sources.files)), desc="convert files", unit="file"):
         try:
-            digest = file_hash(path)
+            digest = file_sha256(path)
         except OSError as exc:
             collector.failures.append(IngestFailure(source=str(path), kind="unreadable",
                                                     reason=f"cannot read the file: {exc.strerror or exc}"))

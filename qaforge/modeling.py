@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import re
 import time
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qaforge.config import InferenceOptions, ModelConfig
+from qaforge.fsutil import file_sha256, folder_sha256
 from qaforge.generation import Sampling, generate
 from qaforge.hardware import Machine, decide, quantization_config
 from qaforge.prompting import encode_prompt
@@ -32,13 +31,16 @@ def _gguf_dir(name_or_path: str) -> str:
     return name_or_path
 
 
-@cache
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 24):
-            digest.update(block)
-    return digest.hexdigest()[:12]
+def base_identity(cfg: ModelConfig) -> str:
+    """The base weights by their content wherever they are on this machine (a GGUF
+    file, a local folder), else by their hub name: the same on any machine that has the
+    same weights, and different for new weights under the same name."""
+    if cfg.gguf_file:
+        gguf = Path(_gguf_dir(cfg.name_or_path)) / cfg.gguf_file
+        return f"gguf sha256:{file_sha256(gguf)}" if gguf.is_file() else f"hub:{cfg.name_or_path}/{cfg.gguf_file}"
+    if Path(cfg.name_or_path).is_dir():
+        return f"folder sha256:{folder_sha256(cfg.name_or_path)}"
+    return f"hub:{cfg.name_or_path}"
 
 
 def resolve_base_model(cfg: ModelConfig) -> str:
@@ -53,7 +55,7 @@ def resolve_base_model(cfg: ModelConfig) -> str:
         return cfg.name_or_path
     source = _gguf_dir(cfg.name_or_path)
     gguf = Path(source) / cfg.gguf_file
-    content = _file_digest(str(gguf), gguf.stat().st_size, gguf.stat().st_mtime_ns) if gguf.is_file() else "hub"
+    content = file_sha256(gguf)[:12] if gguf.is_file() else "hub"
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{cfg.name_or_path}--{cfg.gguf_file}--{content}")
     target = Path(cfg.cache_dir).resolve() / slug
     if (target / "config.json").exists():

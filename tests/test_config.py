@@ -1,4 +1,5 @@
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,46 @@ def test_a_gold_set_that_cannot_be_read_stops_the_run_before_any_step(tmp_path: 
     path.write_text(yaml.safe_dump({"parameters": {"config": _raw(evaluation={"gold": [
         {"name": "users", "path": str(missing)}]})}}))
     assert f"cannot read {missing}" in run_cli("qaforge", "check-config", "-c", str(path), cwd=REPO, ok=(2,))
+
+
+def test_the_config_digest_is_the_same_from_any_checkout_and_follows_what_it_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two checkouts of the project at different paths (a laptop and a CI runner) agree,
+    so a scheduled run does not retrain for nothing; an edited gold set, replay or
+    general-QA file, or other base weights under the same name, change it."""
+    from qaforge.config import ModelConfig, config_digest
+    from qaforge.modeling import base_identity
+
+    def digest(checkout: Path, base: str = "base", **edits: str) -> str:
+        monkeypatch.chdir(checkout)
+        run_config = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+        cfg = run_config["parameters"]["config"]
+        cfg["training"]["replay"]["path"] = "replay.jsonl"
+        cfg["evaluation"]["general_qa"] = "general.jsonl"
+        for name, text in edits.items():
+            (checkout / name).write_text(text)
+        (checkout / "run.yaml").write_text(yaml.safe_dump(run_config))
+        return config_digest(load_config("run.yaml"), base)
+
+    checkouts = [tmp_path / "laptop", tmp_path / "runner" / "work" / "project"]
+    for checkout in checkouts:
+        shutil.copytree(REPO / "data" / "sample", checkout / "data" / "sample")
+        shutil.copy(REPO / "qaforge" / "data" / "replay.jsonl", checkout / "replay.jsonl")
+        shutil.copy(REPO / "qaforge" / "data" / "general_qa.jsonl", checkout / "general.jsonl")
+    first = digest(checkouts[0])
+    assert digest(checkouts[1]) == first, "the same project elsewhere"
+    line = '{"question": "What is 2 + 2?", "answer": "4"}\n'
+    gold = checkouts[1] / "data" / "sample" / "follow-ups.jsonl"
+    for edit in ({"replay.jsonl": line}, {"general.jsonl": '{"question": "Q?", "answers": ["A"]}\n'},
+                 {gold.relative_to(checkouts[1]).as_posix(): gold.read_text() + gold.read_text()}):
+        assert digest(checkouts[0], **edit) != first, edit
+    assert digest(checkouts[0], base="other weights") != digest(checkouts[0])
+
+    # Base weights in a folder are known by their content, not their path.
+    weights = tmp_path / "model"
+    weights.mkdir()
+    (weights / "model.safetensors").write_bytes(b"weights v1")
+    before = base_identity(ModelConfig(name_or_path=str(weights), gguf_file=None))
+    (weights / "model.safetensors").write_bytes(b"weights v2")
+    assert base_identity(ModelConfig(name_or_path=str(weights), gguf_file=None)) != before
+    assert base_identity(ModelConfig()).startswith("gguf sha256:"), "the shipped GGUF, by its content"

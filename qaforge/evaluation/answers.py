@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from qaforge.config import EvaluationConfig
-from qaforge.fsutil import write_atomic
+from qaforge.fsutil import folder_sha256, write_atomic
 from qaforge.generation import Sampling, generate
 from qaforge.hardware import Machine, decide
 from qaforge.prompting import encode_prompt
@@ -98,25 +97,6 @@ def as_asked(pairs: list[QAPair], answering: Answering) -> list[Conversation]:
     return conversations
 
 
-def weights_hash(folder: str) -> str:
-    """SHA-256 over every file of a model folder (weights, config, tokenizer); computed
-    once per state of the folder (names, sizes and modification times)."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
-    return _hash_files(folder, tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
-                                     for p in files))
-
-
-@cache
-def _hash_files(folder: str, state: tuple[tuple[str, int, int], ...]) -> str:
-    digest = hashlib.sha256()
-    for name, _, _ in state:
-        digest.update(name.encode())
-        with (Path(folder) / name).open("rb") as f:
-            while block := f.read(1 << 24):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 def library_versions() -> dict[str, str]:
     found = {}
     for name in NUMERIC_LIBRARIES:
@@ -134,7 +114,7 @@ def model_fingerprint(ref: ModelRef, cfg: EvaluationConfig) -> dict[str, Any] | 
         return None
     weights, registered = None, ModelsUri.parse(ref.location)
     if Path(ref.location).is_dir():
-        weights = weights_hash(str(Path(ref.location).resolve()))
+        weights = folder_sha256(ref.location)
     elif not is_mlflow_uri(ref.location) or (registered is not None and registered.alias is not None):
         return None  # a hub name or an alias could mean other weights tomorrow; logged models never change
     compute = decide(Machine.detect(), cfg.device, cfg.precision)
