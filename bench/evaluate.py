@@ -3,7 +3,7 @@ for a run config's corpus and a candidate trained once with its training section
 finished run is reused on a rerun) or given as a folder. Prints the CPU, the
 seconds table, the total and each system's primary metric on each set.
 
-    python bench/evaluate.py [--config configs/default.yaml] [--candidate DIR]
+    python bench/evaluate.py [--config configs/default.yaml] [--candidate DIR] [--batch-size N]
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--candidate", help="A model folder; default: train one with the config.")
+    parser.add_argument("--batch-size", type=int, help="evaluation.batch_size: rows the engine runs together.")
     args = parser.parse_args()
     config = default_config(args.config.resolve())
+    if args.batch_size:
+        config = config.model_copy(update={
+            "evaluation": config.evaluation.model_copy(update={"batch_size": args.batch_size})})
     chunks = default_chunks(config)
     data = synthesize(chunks, config.synthesis)
     index = Retriever.build(chunks)

@@ -69,7 +69,7 @@ def sources_changed(config_path: Path) -> None:
     try:
         from qaforge.config import config_digest
         from qaforge.ingest import fingerprint
-        from qaforge.modeling import base_identity
+        from qaforge.basemodel import base_identity
         from qaforge.registry import what_changed
 
         reasons = what_changed(cfg.registry.model_name, fingerprint(cfg.sources),

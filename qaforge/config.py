@@ -668,7 +668,7 @@ def config_digest(cfg: QAForgeConfig, base_weights: str) -> str:
     fingerprint): every section but serving, without where caches, reports, the sources
     and the base model live or how much is logged; the files it names (gold sets, replay
     and general-QA data) by their contents, the base model by `base_weights`
-    (`modeling.base_identity`), and the qaforge version. The same from any checkout on
+    (`basemodel.base_identity`), and the qaforge version. The same from any checkout on
     any machine; different when any of those change."""
     data = cfg.model_dump(mode="json", exclude={
         "cache_dir": True, "serving": True, "verbose": True, "model": {"name_or_path", "gguf_file"},

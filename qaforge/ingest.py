@@ -13,8 +13,8 @@ import tempfile
 from collections.abc import Callable
 from datetime import datetime, UTC
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from docling_core.types.doc import DoclingDocument
 from tqdm import tqdm
 
 from qaforge.config import SourcesConfig
@@ -34,7 +34,6 @@ from qaforge.sources.cleaning import (
     repeated_blocks,
     strip_chrome,
 )
-from qaforge.sources.dedup import deduplicate
 from qaforge.sources.files import (
     CONTENT_TYPE_SUFFIXES,
     NATIVE_PDF_NOTE,
@@ -46,6 +45,9 @@ from qaforge.sources.files import (
 )
 from qaforge.sources.state import IngestState
 from qaforge.sources.web import FetchedPage, crawl_site
+
+if TYPE_CHECKING:
+    from docling_core.types.doc import DoclingDocument
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +245,8 @@ def ingest(sources: SourcesConfig) -> tuple[Corpus, IngestReport]:
         if failure.source not in collector.documents and (old := state.previous(failure.source)):
             old = old.model_copy(update={"doc_id": document_id(failure.source, collector.root)})
             collector.documents[failure.source] = (state.index[failure.source]["key"], old)
+    from qaforge.sources.dedup import deduplicate  # datasketch: not needed to fingerprint
+
     documents = [doc for _, doc in collector.documents.values()]
     kept, duplicates = deduplicate(documents, sources.near_duplicate_threshold)
 

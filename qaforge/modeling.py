@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 import time
@@ -13,34 +12,13 @@ from typing import Any
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from qaforge.config import InferenceOptions, ModelConfig
-from qaforge.fsutil import file_sha256, folder_sha256
+from qaforge.basemodel import gguf_dir
+from qaforge.fsutil import file_sha256
 from qaforge.generation import Sampling, generate
 from qaforge.hardware import Machine, decide, quantization_config
 from qaforge.prompting import encode_prompt
 
 log = logging.getLogger(__name__)
-
-
-def _gguf_dir(name_or_path: str) -> str:
-    """Where a GGUF file lives: a local folder, an installed package, or an HF repo id."""
-    if Path(name_or_path).is_dir():
-        return name_or_path
-    spec = importlib.util.find_spec(name_or_path) if name_or_path.isidentifier() else None
-    if spec and spec.submodule_search_locations:
-        return spec.submodule_search_locations[0]
-    return name_or_path
-
-
-def base_identity(cfg: ModelConfig) -> str:
-    """The base weights by their content wherever they are on this machine (a GGUF
-    file, a local folder), else by their hub name: the same on any machine that has the
-    same weights, and different for new weights under the same name."""
-    if cfg.gguf_file:
-        gguf = Path(_gguf_dir(cfg.name_or_path)) / cfg.gguf_file
-        return f"gguf sha256:{file_sha256(gguf)}" if gguf.is_file() else f"hub:{cfg.name_or_path}/{cfg.gguf_file}"
-    if Path(cfg.name_or_path).is_dir():
-        return f"folder sha256:{folder_sha256(cfg.name_or_path)}"
-    return f"hub:{cfg.name_or_path}"
 
 
 def resolve_base_model(cfg: ModelConfig) -> str:
@@ -53,7 +31,7 @@ def resolve_base_model(cfg: ModelConfig) -> str:
     """
     if not cfg.gguf_file:
         return cfg.name_or_path
-    source = _gguf_dir(cfg.name_or_path)
+    source = gguf_dir(cfg.name_or_path)
     gguf = Path(source) / cfg.gguf_file
     content = file_sha256(gguf)[:12] if gguf.is_file() else "hub"
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{cfg.name_or_path}--{cfg.gguf_file}--{content}")

@@ -7,6 +7,7 @@ ZenML stores it as a single JSON artifact instead of one artifact per item.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Literal, NamedTuple
@@ -399,3 +400,42 @@ class ConversationRecord(BaseModel):
     version: str | None = None
     messages: list[dict[str, str]]
     answer: str
+
+
+@dataclass(frozen=True)
+class ModelsUri:
+    """A registry URI, parsed in one place: `models:/<name>/<version>` or
+    `models:/<name>@<alias>`. A logged model's own URI (`models:/m-<id>`) has neither."""
+
+    name: str
+    version: str | None = None
+    alias: str | None = None
+
+    @classmethod
+    def parse(cls, uri: str) -> ModelsUri | None:
+        if not uri.startswith("models:/"):
+            return None
+        rest = uri.removeprefix("models:/")
+        name, sep, alias = rest.partition("@")
+        if sep:
+            return cls(name, alias=alias)
+        name, sep, version = rest.partition("/")
+        return cls(name, version=version) if sep else None
+
+    def __str__(self) -> str:
+        return f"models:/{self.name}" + (f"@{self.alias}" if self.alias else f"/{self.version}")
+
+
+def is_mlflow_uri(location: str) -> bool:
+    return location.startswith(("runs:/", "models:/", "mlflow-artifacts:/"))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model to evaluate: a local folder or an MLflow model URI. `identity` names
+    weights that never change (the base model, a logged model), so that their answers
+    can be cached; a registered version keeps the identity it had as a candidate, so
+    production is not asked again what it answered then."""
+
+    location: str
+    identity: str | None = None

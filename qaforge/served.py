@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from qaforge.config import InferenceOptions
 from qaforge.prompting import conversation_query, encode_prompt, with_retrieved, with_system_prompt
-from qaforge.records import Passage
+from qaforge.records import ModelsUri, Passage, is_mlflow_uri
 from qaforge.retrieval import Retriever
 
 log = logging.getLogger(__name__)
@@ -31,34 +31,6 @@ TOP_K_KEY = "retrieval_top_k"
 # Artifacts of a logged model.
 WEIGHTS_ARTIFACT = "model_dir"
 INDEX_ARTIFACT = "index"
-
-
-@dataclass(frozen=True)
-class ModelsUri:
-    """A registry URI, parsed in one place: `models:/<name>/<version>` or
-    `models:/<name>@<alias>`. A logged model's own URI (`models:/m-<id>`) has neither."""
-
-    name: str
-    version: str | None = None
-    alias: str | None = None
-
-    @classmethod
-    def parse(cls, uri: str) -> ModelsUri | None:
-        if not uri.startswith("models:/"):
-            return None
-        rest = uri.removeprefix("models:/")
-        name, sep, alias = rest.partition("@")
-        if sep:
-            return cls(name, alias=alias)
-        name, sep, version = rest.partition("/")
-        return cls(name, version=version) if sep else None
-
-    def __str__(self) -> str:
-        return f"models:/{self.name}" + (f"@{self.alias}" if self.alias else f"/{self.version}")
-
-
-def is_mlflow_uri(location: str) -> bool:
-    return location.startswith(("runs:/", "models:/", "mlflow-artifacts:/"))
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from zenml.enums import ModelStages
 
 from qaforge.config import EvaluationConfig, RegistryConfig
 from qaforge.records import EvalReport, PromotionDecision, RegisteredModel
-from qaforge.registry import apply, gate
+from qaforge.promotion import gate
+from qaforge.registry import move_aliases
 
 
 @step(experiment_tracker=True)
@@ -18,7 +19,7 @@ def promote_step(
     report: EvalReport, registered: RegisteredModel, evaluation: EvaluationConfig, registry: RegistryConfig
 ) -> PromotionDecision:
     decision = gate(report, registered.version, evaluation.primary_metric, registry)
-    apply(decision, registered, registry)
+    move_aliases(decision, registered, registry)
     if decision.promoted and (zenml_model := get_step_context().model) is not None:
         zenml_model.set_stage(ModelStages.PRODUCTION, force=True)
     mlflow.log_dict(decision.model_dump(mode="json"), "promotion/decision.json")

@@ -20,7 +20,8 @@ from qaforge.records import (
     EvalReport, Interval, ModelLabel, PromotionDecision, QAPair, RegisteredModel, Resampling, SetReport,
     UNANSWERABLE, TrainedModel,
 )
-from qaforge.registry import apply, decide, gate, production_model
+from qaforge.promotion import decide_promotion, gate
+from qaforge.registry import move_aliases, production_model
 from qaforge.served import Answering, load_model, logged_answering
 from qaforge.tracking import RegistryError, version_by_alias_from
 
@@ -46,7 +47,7 @@ def interval(low: float, high: float, a: float = 0.40, b: float = 0.30, **kwargs
     ],
 )
 def test_gate_decisions(base, production, margin, drop, promoted, reason) -> None:  # noqa: ANN001
-    decision = decide(base, production, margin, "4", "3", general_drop=drop, max_general_drop=0.1)
+    decision = decide_promotion(base, production, margin, "4", "3", general_drop=drop, max_general_drop=0.1)
     assert decision.promoted is promoted
     assert reason in decision.reason
     assert decision.reason.startswith("rougeL 0.4000 vs base 0.3000")
@@ -156,7 +157,7 @@ def test_a_registry_that_answers_with_an_error_stops_the_gate(status: int, code:
         with pytest.raises(RegistryError, match=f"cannot read model 'qa' from the model registry: .*{said}"):
             production_model(RegistryConfig(model_name="qa"), trained, client)
         with pytest.raises(RegistryError):
-            apply(decision, RegisteredModel(name="qa", version="2", model_uri="models:/qa/2"), RegistryConfig(),
+            move_aliases(decision, RegisteredModel(name="qa", version="2", model_uri="models:/qa/2"), RegistryConfig(),
                   client)
 
 
@@ -184,9 +185,9 @@ def test_no_model_or_no_alias_means_no_production_and_a_moved_alias_stops_promot
     decision = PromotionDecision(promoted=True, reason="", metric="rougeL", version="3", production_version="1")
     client.set_registered_model_alias("qa", "production", "2")  # another run promoted v2 meanwhile
     with pytest.raises(RegistryError, match="moved to v2 since the evaluation compared the candidate with v1"):
-        apply(decision, registered, RegistryConfig(model_name="qa"), client)
+        move_aliases(decision, registered, RegistryConfig(model_name="qa"), client)
     assert str(client.get_model_version_by_alias("qa", "production").version) == "2", "nothing moved"
-    apply(decision.model_copy(update={"production_version": "2"}), registered, RegistryConfig(model_name="qa"),
+    move_aliases(decision.model_copy(update={"production_version": "2"}), registered, RegistryConfig(model_name="qa"),
           client)
     assert str(client.get_model_version_by_alias("qa", "production").version) == "3"
     assert str(client.get_model_version_by_alias("qa", "previous").version) == "2"

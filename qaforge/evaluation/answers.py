@@ -26,24 +26,13 @@ from qaforge.fsutil import folder_sha256, write_atomic
 from qaforge.generation import Sampling, generate
 from qaforge.hardware import Machine, decide
 from qaforge.prompting import encode_prompt
-from qaforge.records import QAPair
-from qaforge.served import Answering, LoadedModel, ModelsUri, is_mlflow_uri, load_model
+from qaforge.records import ModelRef, ModelsUri, QAPair, is_mlflow_uri
+from qaforge.served import Answering, LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 # Libraries whose versions change the numbers a model computes.
 NUMERIC_LIBRARIES = ("torch", "transformers", "bitsandbytes", "qaforge")
 Conversation = list[dict[str, str]]
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model to evaluate: a local folder or an MLflow model URI. `identity` names
-    weights that never change (the base model, a logged model), so that their answers
-    can be cached; a registered version keeps the identity it had as a candidate, so
-    production is not asked again what it answered then."""
-
-    location: str
-    identity: str | None = None
 
 
 @dataclass(frozen=True)

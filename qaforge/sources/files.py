@@ -1,4 +1,5 @@
-"""Converting files and fetched pages to DoclingDocuments."""
+"""Converting files and fetched pages to DoclingDocuments. docling is imported by the
+converter, not here: `qaforge sources-changed` lists and hashes the files without it."""
 
 from __future__ import annotations
 
@@ -7,15 +8,14 @@ import importlib.util
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-
-from docling.datamodel.base_models import ConversionStatus, InputFormat
-from docling.datamodel.pipeline_options import NativePdfPipelineOptions, PdfPipelineOptions
-from docling.document_converter import DocumentConverter, PdfFormatOption
-from docling.pipeline.native_pdf_pipeline import NativePdfPipeline
-from docling_core.types.doc import DoclingDocument
+from typing import TYPE_CHECKING
 
 from qaforge.records import FailureKind
 from qaforge.sources.conversations import conversation_markdown
+
+if TYPE_CHECKING:
+    from docling.document_converter import DocumentConverter
+    from docling_core.types.doc import DoclingDocument
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,11 @@ def standard_pdf_available(artifacts_path: Path | None) -> bool:
 
 @functools.cache
 def converter(artifacts_path: Path | None) -> DocumentConverter:
+    from docling.datamodel.base_models import InputFormat
+    from docling.datamodel.pipeline_options import NativePdfPipelineOptions, PdfPipelineOptions
+    from docling.document_converter import DocumentConverter, PdfFormatOption
+    from docling.pipeline.native_pdf_pipeline import NativePdfPipeline
+
     if standard_pdf_available(artifacts_path):
         pdf = PdfFormatOption(pipeline_options=PdfPipelineOptions(artifacts_path=artifacts_path))
     else:
@@ -61,12 +66,16 @@ def converter(artifacts_path: Path | None) -> DocumentConverter:
 
 
 def convert_html(html: str, name: str, artifacts_path: Path | None = None) -> DoclingDocument:
+    from docling.datamodel.base_models import InputFormat
+
     result = converter(artifacts_path).convert_string(html, InputFormat.HTML, name=name)
     return result.document
 
 
 def convert_path(path: Path, max_bytes: int, artifacts_path: Path | None = None) -> DoclingDocument:
     """Convert one file; a file that cannot be converted raises ConversionError."""
+    from docling.datamodel.base_models import ConversionStatus, InputFormat
+
     size = path.stat().st_size
     if size > max_bytes:
         raise ConversionError("too_large", f"{size / 2**20:.1f} MB is over sources.max_file_mb")
