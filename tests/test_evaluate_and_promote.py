@@ -6,6 +6,8 @@ decides the answers."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -357,3 +359,15 @@ def test_evaluation_answers_what_the_server_answers(base_model_dir: str, sample_
     finally:
         mlflow.set_tracking_uri(previous)
     assert answers == [row.answers["production"] for row in report.sets["test"].rows]
+
+
+def test_the_gate_and_the_registry_checks_import_nothing_heavy() -> None:
+    """`qaforge sources-changed`, `info` and `rollback` load the registry helpers and the
+    change check: none of torch, transformers, docling or ZenML may come with them (they
+    cost seconds of start-up); the gate itself needs no MLflow either."""
+    heavy = ("torch", "transformers", "docling", "zenml", "datasketch")
+    code = ("import sys; import qaforge.promotion; light = [m for m in ('mlflow', *HEAVY) if m in sys.modules]; "
+            "import qaforge.cli, qaforge.registry, qaforge.ingest, qaforge.basemodel; "
+            "print(light, [m for m in HEAVY if m in sys.modules])").replace("HEAVY", repr(heavy))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[] []", out
