@@ -285,6 +285,78 @@ def test_each_request_is_answered_by_the_model_that_built_its_prompt(base_model_
 
 
 @pytest.mark.slow
+def test_an_alias_move_never_mixes_versions_within_a_request(base_model_dir: str, sample_chunks,  # noqa: ANN001
+                                                            tmp_path: Path) -> None:
+    """The whole server while @production moves from v1 (closed book) to v2 (answers
+    from passages) under a stream of requests: every answer's system_fingerprint, its
+    sources and the version the conversation log records are those of one version, the
+    one that built its prompt."""
+    import mlflow
+
+    from qaforge.mlflow_model import log_qa_model
+    from qaforge.retrieval import Retriever
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking)
+    try:
+        with mlflow.start_run(experiment_id=mlflow.create_experiment("alias-move")):
+            closed = log_qa_model(base_model_dir, "Answer briefly.")
+            with_passages = log_qa_model(base_model_dir, "Answer briefly.", Retriever.build(sample_chunks), top_k=2)
+        versions = [str(mlflow.register_model(uri, "qa-move").version) for uri in (closed, with_passages)]
+        client = mlflow.MlflowClient()
+        client.set_registered_model_alias("qa-move", "production", versions[0])
+    finally:
+        mlflow.set_tracking_uri(previous)
+    keys_file, log = tmp_path / "keys.yaml", tmp_path / "conversations.jsonl"
+    key = create_key(keys_file, "alice", requests_per_minute=10_000, tokens_per_minute=10_000_000)
+    settings = ServeSettings(model_uri="models:/qa-move@production", tracking_uri=tracking, keys_file=keys_file,
+                             tokens_env="QAFORGE_TEST_UNSET", max_new_tokens=6, reload_seconds=0.5,
+                             conversation_log=log)
+    answers: list[httpx.Response] = []
+    stop = asyncio.Event()
+
+    async def keep_asking(url: str) -> None:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
+            body = {"messages": [{"role": "user", "content": "What does OCPP stand for?"}], "max_tokens": 6}
+            while not stop.is_set():
+                answers.extend(await asyncio.gather(*(http.post("/v1/chat/completions", json=body) for _ in range(4))))
+
+    async def move_alias(url: str) -> None:
+        while len(answers) < 8:
+            await asyncio.sleep(0.1)
+        client.set_registered_model_alias("qa-move", "production", versions[1])
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            while (await http.get("/health")).json()["version"] != versions[1]:
+                await asyncio.sleep(0.2)
+        count = len(answers)
+        while len(answers) < count + 8:
+            await asyncio.sleep(0.1)
+        stop.set()
+
+    async def both(url: str) -> None:
+        await asyncio.gather(keep_asking(url), move_alias(url))
+
+    try:
+        with running(create_app(settings), settings) as url:
+            asyncio.run(asyncio.wait_for(both(url), timeout=300))
+    finally:
+        mlflow.set_tracking_uri(previous)  # the app set it process-wide
+    assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200]
+    logged = {json.loads(line)["request_id"]: json.loads(line)["version"] for line in log.read_text().splitlines()}
+    seen = set()
+    for response in answers:
+        body = response.json()
+        version = body["system_fingerprint"].removeprefix("v")
+        seen.add(version)
+        assert logged[response.headers["x-request-id"]] == version
+        # v1 answers closed book: no passages; v2 from two of them, which its prompt carries.
+        assert (body["sources"] is None) == (version == versions[0]), body
+        assert (body["usage"]["prompt_tokens"] > 100) == (version == versions[1]), body
+    assert seen == set(versions), "requests were answered by both versions"
+
+
+@pytest.mark.slow
 def test_sighup_reloads_the_keys_file(base_model_dir: str, tmp_path: Path) -> None:
     """For keys files whose change the modification time does not show (a restored
     backup, a copy that keeps times): SIGHUP makes the server re-read it at once.
