@@ -21,7 +21,6 @@ from pathlib import Path
 import httpx
 import mlflow
 import torch
-from common import REPO, default_chunks, default_config
 from serve import free_port, wait_ready
 
 from qaforge.evaluation import AnswerCache, ModelRef, evaluate, question_sets, systems
@@ -33,6 +32,8 @@ from qaforge.retrieval import Retriever
 from qaforge.served import Answering
 from qaforge.synthesis import synthesize
 from qaforge.training import train
+
+from common import REPO, default_chunks, default_config
 
 KEY = "agreement-key"
 

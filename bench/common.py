@@ -7,11 +7,11 @@ import logging
 import tempfile
 from pathlib import Path
 
+from qaforge.chunking import chunk_corpus
 from qaforge.config import QAForgeConfig, load_config
+from qaforge.ingest import ingest
 from qaforge.modeling import load_tokenizer, resolve_base_model
 from qaforge.records import ChunkSet, QADataset
-from qaforge.chunking import chunk_corpus
-from qaforge.ingest import ingest
 from qaforge.synthesis import synthesize
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-from common import REPO, default_chunks, default_config
 
 from qaforge.evaluation import AnswerCache, ModelRef, evaluate, question_sets, systems
 from qaforge.modeling import resolve_base_model
@@ -21,6 +20,8 @@ from qaforge.retrieval import Retriever
 from qaforge.served import Answering
 from qaforge.synthesis import synthesize
 from qaforge.training import train
+
+from common import REPO, default_chunks, default_config
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ import time
 import httpx
 import numpy as np
 import psutil
+from serve import QUESTIONS, start, wait_ready
 
 from common import default_config
-from serve import QUESTIONS, start, wait_ready
 
 KEYS = {"alice": "bench-key-alice", "bob": "bench-key-bob"}
 

@@ -16,14 +16,16 @@ from pathlib import Path
 
 os.environ.setdefault("CRAWL4AI_NO_CLOUD_NOTICE", "1")
 
-from reportlab.lib.styles import getSampleStyleSheet  # noqa: E402
-from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate  # noqa: E402
+from reportlab.lib.styles import getSampleStyleSheet
+from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate
 
-from qaforge.config import SourcesConfig  # noqa: E402
-from qaforge.sources.files import convert_path  # noqa: E402
-from qaforge.sources.web import crawl_site  # noqa: E402
-from qaforge.config import WebSource  # noqa: E402
-from qaforge.ingest import ingest  # noqa: E402
+from qaforge.config import (
+    SourcesConfig,
+    WebSource,
+)
+from qaforge.ingest import ingest
+from qaforge.sources.files import convert_path
+from qaforge.sources.web import crawl_site
 
 WORDS = (
     "charger battery connector voltage current kilowatt tariff depot cable inlet session "
@@ -56,7 +58,7 @@ def make_pdf(path: Path, pages: int, rng: random.Random) -> None:
     SimpleDocTemplate(str(path)).build(story)
 
 
-def timed(fn):  # noqa: ANN001, ANN201
+def timed(fn):
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start

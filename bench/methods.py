@@ -12,14 +12,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import default_config, default_dataset
-
 from qaforge.evaluation import AnswerCache, ModelRef, System, evaluate, question_sets
 from qaforge.evaluation.report import metrics_text
 from qaforge.modeling import resolve_base_model
 from qaforge.records import ModelLabel
 from qaforge.served import Answering
 from qaforge.training import train
+
+from common import default_config, default_dataset
 
 # Each method at its own learning rate, whatever the default config's method is: full
 # fine-tuning moves every weight, so the LoRA rate would wreck the model, and the full

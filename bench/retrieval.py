@@ -20,8 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, default_chunks, default_config
-
 from qaforge.config import CONTEXT_MARGIN_TOKENS, ContextTraining, Method, ReplayConfig
 from qaforge.evaluation import AnswerCache, ModelRef, evaluate, question_sets, systems
 from qaforge.evaluation.metrics import NUMERIC_ACCURACY
@@ -31,6 +29,8 @@ from qaforge.retrieval import Retriever
 from qaforge.served import Answering
 from qaforge.synthesis import synthesize
 from qaforge.training import train
+
+from common import REPO, default_chunks, default_config
 
 
 def gains(scores: SetReport, metric: str) -> str:

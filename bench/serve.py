@@ -45,7 +45,7 @@ class NaiveRequest(BaseModel):
     max_tokens: int = 32
 
 
-def naive_app(model_dir: str):  # noqa: ANN201
+def naive_app(model_dir: str):
     """The baseline: no batching, a global lock, greedy generate() per request."""
     import torch
     from fastapi import FastAPI
@@ -74,7 +74,7 @@ def naive_app(model_dir: str):  # noqa: ANN201
     return app
 
 
-def naive_app_from_env():  # noqa: ANN201
+def naive_app_from_env():
     return naive_app(os.environ["BENCH_MODEL_DIR"])
 
 

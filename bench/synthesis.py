@@ -13,10 +13,10 @@ import argparse
 import time
 from pathlib import Path
 
-from common import REPO, default_chunks, default_config
-
 from qaforge.synthesis import candidate_pairs, synthesize
 from qaforge.synthesis.filters import malformed
+
+from common import REPO, default_chunks, default_config
 
 FILTERS = ("empty", "malformed", "refusal", "ungrounded", "length", "duplicate_question")
 

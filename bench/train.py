@@ -23,13 +23,14 @@ import time
 from pathlib import Path
 
 import torch
-from common import default_chunks, default_config
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from qaforge.config import CONTEXT_MARGIN_TOKENS, ContextTraining, Method, TrainingConfig
 from qaforge.hardware import Precision
 from qaforge.retrieval import Retriever
 from qaforge.synthesis import synthesize
+
+from common import default_chunks, default_config
 
 
 def naive(pairs: list, base_dir: str, cfg: TrainingConfig, out: Path) -> dict[str, float]:

@@ -11,8 +11,8 @@ from typing import Any
 
 from zenml import Model, pipeline
 
-from qaforge.config import config_digest, validate_config
 from qaforge.basemodel import base_identity
+from qaforge.config import config_digest, validate_config
 from qaforge.evaluation.sets import check_gold_sets
 from qaforge.logs import quiet_libraries
 from steps.chunk import chunk_step

@@ -67,9 +67,9 @@ def sources_changed(config_path: Path) -> None:
     tell, with what failed."""
     cfg = _load(config_path)
     try:
+        from qaforge.basemodel import base_identity
         from qaforge.config import config_digest
         from qaforge.ingest import fingerprint
-        from qaforge.basemodel import base_identity
         from qaforge.registry import what_changed
 
         reasons = what_changed(cfg.registry.model_name, fingerprint(cfg.sources),
@@ -301,7 +301,7 @@ def keys_revoke(config_path: Path, name: str) -> None:
     click.echo(f"Revoked '{name}' in {keys_file}.")
 
 
-def _load(config_path: Path):  # noqa: ANN202
+def _load(config_path: Path):
     try:
         return load_config(config_path)
     except ConfigError as exc:

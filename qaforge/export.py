@@ -44,7 +44,13 @@ def fetch_model(location: str, work: Path) -> tuple[Path, str | None, Path | Non
     """The merged model folder, the trained system prompt and the retrieval index (if it
     answers from passages) of a logged qaforge model (any MLflow URI) or of a local folder."""
     from qaforge.served import (
-        INDEX_ARTIFACT, SYSTEM_PROMPT_KEY, TOP_K_KEY, WEIGHTS_ARTIFACT, artifact_location, is_mlflow_uri, logged_file,
+        INDEX_ARTIFACT,
+        SYSTEM_PROMPT_KEY,
+        TOP_K_KEY,
+        WEIGHTS_ARTIFACT,
+        artifact_location,
+        is_mlflow_uri,
+        logged_file,
         logged_flavor,
     )
 

@@ -146,9 +146,8 @@ def quantization_config(quantization: Quantization, compute: Compute) -> Any:
     if quantization is Quantization.NONE:
         return None
     try:
-        from transformers import BitsAndBytesConfig
-
         import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
     except ImportError:
         raise HardwareError(
             f"quantization '{quantization.value}' needs bitsandbytes: pip install bitsandbytes"

@@ -14,7 +14,6 @@ from qaforge.modeling import generate_answers, load_for_inference
 from qaforge.retrieval import Retriever
 from qaforge.served import INDEX_ARTIFACT, SYSTEM_PROMPT_KEY, TOP_K_KEY, WEIGHTS_ARTIFACT, Answering
 
-
 # Logged with every model so that a loader can override them:
 # mlflow.pyfunc.load_model(uri, model_config=inference_options(...)).
 INFERENCE_KEYS = tuple(InferenceOptions.model_fields)

@@ -11,8 +11,8 @@ from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from qaforge.config import InferenceOptions, ModelConfig
 from qaforge.basemodel import gguf_dir
+from qaforge.config import InferenceOptions, ModelConfig
 from qaforge.fsutil import file_sha256
 from qaforge.generation import Sampling, generate
 from qaforge.hardware import Machine, decide, quantization_config

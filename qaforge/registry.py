@@ -11,7 +11,6 @@ from qaforge.config import RegistryConfig
 from qaforge.records import ModelRef, ModelsUri, PromotionDecision, RegisteredModel, TrainedModel
 from qaforge.tracking import RegistryError, registry_client, version_by_alias, version_by_alias_from
 
-
 # Version tags: what a version was trained from, for `qaforge sources-changed`.
 SOURCES_TAG = "sources_fingerprint"
 CONFIG_TAG = "config_digest"

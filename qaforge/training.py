@@ -28,11 +28,25 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer import utils as trl_utils
 
 from qaforge.config import (
-    ContextTraining, Method, ModelConfig, PromptConfig, ReplayConfig, TrainingConfig, config_hash,
+    ContextTraining,
+    Method,
+    ModelConfig,
+    PromptConfig,
+    ReplayConfig,
+    TrainingConfig,
+    config_hash,
 )
 from qaforge.fsutil import write_atomic
 from qaforge.general_data import ReplayExample, read_jsonl
-from qaforge.hardware import Compute, Device, Machine, Precision, Quantization, decide_training, quantization_config
+from qaforge.hardware import (
+    Compute,
+    Device,
+    Machine,
+    Precision,
+    Quantization,
+    decide_training,
+    quantization_config,
+)
 from qaforge.modeling import load_tokenizer, resolve_base_model
 from qaforge.prompting import build_messages, retrieval_query
 from qaforge.records import Passage, QADataset, QAPair, Turn
@@ -196,7 +210,7 @@ class MlflowStepMetrics(TrainerCallback):
         "eval_loss": "val/loss",
     }
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
+    def on_log(self, args, state, control, logs=None, **kwargs):
         metrics = {self.NAMES[k]: float(v) for k, v in (logs or {}).items() if k in self.NAMES}
         if metrics and mlflow.active_run():
             mlflow.log_metrics({**metrics, "train/peak_memory_mb": peak_memory_mb()}, step=state.global_step)

@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -26,8 +26,16 @@ from serving.limits import RateLimited, RateLimiter
 from serving.metrics import ServingMetrics
 from serving.models import ModelHolder
 from serving.protocol import (
-    APIError, AssistantMessage, ChatCompletion, ChatCompletionRequest, Choice, ModelCard, ModelList, PredictResponse,
-    Source, Usage,
+    APIError,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    ModelCard,
+    ModelList,
+    PredictResponse,
+    Source,
+    Usage,
 )
 from serving.settings import ServeSettings
 

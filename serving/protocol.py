@@ -8,9 +8,15 @@ from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, create_model, field_validator,
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    create_model,
+    field_validator,
 )
-
 from starlette.exceptions import HTTPException
 
 from qaforge.config import ServingConfig

@@ -13,7 +13,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.handler import ChatHandler
 from serving.protocol import (
-    ChatCompletion, ChatCompletionRequest, Health, ModelList, PredictRequest, PredictResponse, error_responses,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Health,
+    ModelList,
+    PredictRequest,
+    PredictResponse,
+    error_responses,
 )
 
 CHAT_PAGE = Path(__file__).resolve().parent / "static" / "chat.html"

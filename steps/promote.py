@@ -9,8 +9,8 @@ from zenml import get_step_context, step
 from zenml.enums import ModelStages
 
 from qaforge.config import EvaluationConfig, RegistryConfig
-from qaforge.records import EvalReport, PromotionDecision, RegisteredModel
 from qaforge.promotion import gate
+from qaforge.records import EvalReport, PromotionDecision, RegisteredModel
 from qaforge.registry import move_aliases
 
 

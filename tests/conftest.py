@@ -28,10 +28,10 @@ os.environ.update(
     CRAWL4AI_NO_CLOUD_NOTICE="1",
 )
 
-import pytest  # noqa: E402
-import yaml  # noqa: E402
+import pytest
+import yaml
 
-from qaforge.config import ModelConfig, SourcesConfig  # noqa: E402
+from qaforge.config import ModelConfig, SourcesConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -76,14 +76,14 @@ def base_model_dir() -> str:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(base_model_dir: str):  # noqa: ANN201
+def tokenizer(base_model_dir: str):
     from qaforge.modeling import load_tokenizer
 
     return load_tokenizer(base_model_dir)
 
 
 @pytest.fixture(scope="session")
-def sample_corpus(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def sample_corpus(tmp_path_factory: pytest.TempPathFactory):
     from qaforge.ingest import ingest
 
     sources = SourcesConfig(
@@ -97,17 +97,16 @@ def sample_corpus(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 
 @pytest.fixture(scope="session")
-def sample_chunks(sample_corpus, tokenizer):  # noqa: ANN001, ANN201
+def sample_chunks(sample_corpus, tokenizer):
     from qaforge.chunking import chunk_corpus
 
     return chunk_corpus(sample_corpus, tokenizer, max_tokens=192)
 
 
 @pytest.fixture(scope="session")
-def sample_dataset(sample_chunks):  # noqa: ANN001, ANN201
-    from qaforge.synthesis import synthesize
-
+def sample_dataset(sample_chunks):
     from qaforge.config import load_config
+    from qaforge.synthesis import synthesize
 
     # As the embedded default synthesizes it (its split suits a corpus this small).
     return synthesize(sample_chunks, load_config(REPO / "configs" / "default.yaml").synthesis)
@@ -118,8 +117,9 @@ def running(app: Any, settings: Any) -> Iterator[str]:
     """The API app served by uvicorn on a free port, configured as `qaforge serve` does."""
     import uvicorn
 
-    from fixture_site import free_port
     from serving.server import uvicorn_config
+
+    from fixture_site import free_port
 
     server = uvicorn.Server(uvicorn_config(app, settings, "127.0.0.1", free_port(), log_config=None,
                                            log_level="warning"))

@@ -1,20 +1,20 @@
 from collections import Counter
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 
 import pytest
 
 from qaforge.config import SynthesisConfig, load_config
 from qaforge.records import Chunk, ChunkSet
-from qaforge.synthesis.offline import follow_ups_for_chunk, pairs_for_chunk, sentences, styled
+from qaforge.refusal import is_refusal
 from qaforge.synthesis import synthesize
 from qaforge.synthesis.filters import QuestionIndex, grounding, malformed
-from qaforge.refusal import is_refusal
+from qaforge.synthesis.offline import follow_ups_for_chunk, pairs_for_chunk, sentences, styled
 from qaforge.synthesis.split import split_by_document
 
 from conftest import REPO
 
 
-def test_chunks_carry_provenance_and_fit_the_token_budget(sample_corpus, sample_chunks) -> None:  # noqa: ANN001
+def test_chunks_carry_provenance_and_fit_the_token_budget(sample_corpus, sample_chunks) -> None:
     chunks = sample_chunks.chunks
     assert len({c.chunk_id for c in chunks}) == len(chunks)
     assert {c.doc_id for c in chunks} == {d.doc_id for d in sample_corpus.documents}
@@ -165,7 +165,7 @@ def test_answer_styles(style: str, kind: str, answer: str, expected: str) -> Non
     assert styled(answer, kind, style) == expected
 
 
-def test_sample_dataset_has_follow_ups(sample_dataset) -> None:  # noqa: ANN001
+def test_sample_dataset_has_follow_ups(sample_dataset) -> None:
     follow_ups = [p for s in ("train", "val", "test") for p in getattr(sample_dataset, s) if p.kind == "follow-up"]
     assert follow_ups and all(len(p.history) == 1 for p in follow_ups)
 
@@ -229,7 +229,7 @@ def test_malformed_questions_are_named(question: str, problem: str | None) -> No
     assert malformed(question) == problem
 
 
-def test_memorisation_set_is_reworded_training_questions_whose_answers_are_trained(sample_dataset) -> None:  # noqa: ANN001
+def test_memorisation_set_is_reworded_training_questions_whose_answers_are_trained(sample_dataset) -> None:
     """Each question comes in several phrasings; training keeps all but the last, which
     goes to the memorisation set: its answer is a training target word for word, so a
     gain there is recall of a trained answer, and the set is named for that."""
@@ -245,7 +245,7 @@ def test_memorisation_set_is_reworded_training_questions_whose_answers_are_train
     assert not any(malformed(p.question) for p in data.train + data.test if not p.history and p.kind != "faq")
 
 
-def test_knowledge_set_is_never_trained_on_in_wording_or_answer(sample_chunks, sample_dataset) -> None:  # noqa: ANN001
+def test_knowledge_set_is_never_trained_on_in_wording_or_answer(sample_chunks, sample_dataset) -> None:
     """Facts of training documents held out with every phrasing, and only where no
     training answer contains a sentence of their answer: a model that answers them
     learned the fact (or read it), not a sentence it was trained to repeat. Before, the
@@ -282,7 +282,7 @@ def test_grounding_counts_content_tokens() -> None:
     assert grounding("The breaker is 50 A.", "a 40 A breaker") == 0.5
 
 
-def test_sample_pairs_are_grounded_and_split_by_document(sample_chunks, sample_dataset) -> None:  # noqa: ANN001
+def test_sample_pairs_are_grounded_and_split_by_document(sample_chunks, sample_dataset) -> None:
     data = sample_dataset
     splits = {"train": data.train, "val": data.val, "test": data.test}
     assert all(splits.values())
@@ -304,7 +304,7 @@ def test_sample_pairs_are_grounded_and_split_by_document(sample_chunks, sample_d
     assert Counter(p.kind for p in data.train).keys() >= {"definition", "fact", "table", "section"}
 
 
-def test_split_is_seeded(sample_dataset) -> None:  # noqa: ANN001
+def test_split_is_seeded(sample_dataset) -> None:
     pairs = sample_dataset.train + sample_dataset.val + sample_dataset.test
     first = split_by_document(pairs, SynthesisConfig(seed=1))
     assert split_by_document(pairs, SynthesisConfig(seed=1)) == first
@@ -316,7 +316,7 @@ def test_too_little_data_is_explained() -> None:
         synthesize(ChunkSet(chunks=[_chunk("Level 2 charging uses a 240 V supply in homes.")]), SynthesisConfig())
 
 
-def test_unanswerable_questions_are_spread_over_the_splits(sample_chunks) -> None:  # noqa: ANN001
+def test_unanswerable_questions_are_spread_over_the_splits(sample_chunks) -> None:
     questions = [f"Who won the {year} football world cup?" for year in range(1990, 2030, 2)]
     data = synthesize(sample_chunks, SynthesisConfig(unanswerable=questions))
     slices = {s: [p for p in getattr(data, s) if p.unanswerable] for s in ("train", "val", "test")}
@@ -325,11 +325,11 @@ def test_unanswerable_questions_are_spread_over_the_splits(sample_chunks) -> Non
     assert all(p.answer == SynthesisConfig().unanswerable_answer for ps in slices.values() for p in ps)
 
 
-def splits_of(pairs, cfg: SynthesisConfig) -> dict[str, str]:  # noqa: ANN001
+def splits_of(pairs, cfg: SynthesisConfig) -> dict[str, str]:
     return {p.doc_id: name for name, ps in zip(("train", "val", "test"), split_by_document(pairs, cfg)) for p in ps}
 
 
-def test_adding_or_removing_documents_moves_no_other_document(sample_dataset) -> None:  # noqa: ANN001
+def test_adding_or_removing_documents_moves_no_other_document(sample_dataset) -> None:
     """Else a model trained on an earlier run's train split could be tested on the same
     documents now, and the gate would be biased against the candidate."""
     cfg = SynthesisConfig()

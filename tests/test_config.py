@@ -139,8 +139,8 @@ def test_the_config_digest_is_the_same_from_any_checkout_and_follows_what_it_nam
     """Two checkouts of the project at different paths (a laptop and a CI runner) agree,
     so a scheduled run does not retrain for nothing; an edited gold set, replay or
     general-QA file, or other base weights under the same name, change it."""
-    from qaforge.config import ModelConfig, config_digest
     from qaforge.basemodel import base_identity
+    from qaforge.config import ModelConfig, config_digest
 
     def digest(checkout: Path, base: str = "base", **edits: str) -> str:
         monkeypatch.chdir(checkout)

@@ -13,16 +13,34 @@ from pathlib import Path
 import pytest
 
 from qaforge.config import EvaluationConfig, GoldSet, PromptConfig, RegistryConfig
-from qaforge.evaluation import AnswerCache, ModelRef, Questions, System, evaluate, gate_set, min_units, systems
+from qaforge.evaluation import (
+    AnswerCache,
+    ModelRef,
+    Questions,
+    System,
+    evaluate,
+    gate_set,
+    min_units,
+    systems,
+)
 from qaforge.evaluation.answers import as_asked, messages_of, model_fingerprint
 from qaforge.evaluation.sets import by_document, gold_questions
 from qaforge.generation import Sampling, generate
-from qaforge.hardware import Machine, decide as decide_compute
-from qaforge.records import (
-    EvalReport, Interval, ModelLabel, PromotionDecision, QAPair, RegisteredModel, Resampling, SetReport,
-    UNANSWERABLE, TrainedModel,
-)
+from qaforge.hardware import Machine
+from qaforge.hardware import decide as decide_compute
 from qaforge.promotion import decide_promotion, gate
+from qaforge.records import (
+    UNANSWERABLE,
+    EvalReport,
+    Interval,
+    ModelLabel,
+    PromotionDecision,
+    QAPair,
+    RegisteredModel,
+    Resampling,
+    SetReport,
+    TrainedModel,
+)
 from qaforge.registry import move_aliases, production_model
 from qaforge.served import Answering, load_model, logged_answering
 from qaforge.tracking import RegistryError, version_by_alias_from
@@ -48,7 +66,7 @@ def interval(low: float, high: float, a: float = 0.40, b: float = 0.30, **kwargs
         (interval(0.05, 0.15), None, 0.0, 0.05, True, "general-QA accuracy change -0.0500"),
     ],
 )
-def test_gate_decisions(base, production, margin, drop, promoted, reason) -> None:  # noqa: ANN001
+def test_gate_decisions(base, production, margin, drop, promoted, reason) -> None:
     decision = decide_promotion(base, production, margin, "4", "3", general_drop=drop, max_general_drop=0.1)
     assert decision.promoted is promoted
     assert reason in decision.reason
@@ -230,7 +248,7 @@ def small_config(**kwargs: object) -> EvaluationConfig:
 
 
 @pytest.mark.slow
-def test_production_is_scored_as_it_is_served(base_model_dir: str, sample_chunks, tmp_path: Path) -> None:  # noqa: ANN001
+def test_production_is_scored_as_it_is_served(base_model_dir: str, sample_chunks, tmp_path: Path) -> None:
     """Production was logged with another system prompt, top_k and index than the current
     config's. Evaluation asks it with its own, exactly as the server does (the server's
     loader, prompt and engine), while the candidate and the base get the current ones."""
@@ -312,7 +330,7 @@ def test_evaluation_of_a_logged_model_by_uri_with_the_cache(base_model_dir: str,
 
 
 @pytest.mark.slow
-def test_evaluation_answers_what_the_server_answers(base_model_dir: str, sample_chunks, sample_dataset,  # noqa: ANN001
+def test_evaluation_answers_what_the_server_answers(base_model_dir: str, sample_chunks, sample_dataset,
                                                     tmp_path: Path) -> None:
     """The same questions, sent at once to a running server (which batches them as they
     come) and scored by evaluation: in fp32 every answer is the same text."""
@@ -321,11 +339,12 @@ def test_evaluation_answers_what_the_server_answers(base_model_dir: str, sample_
     import httpx
     import mlflow
 
-    from conftest import running
     from qaforge.mlflow_model import log_qa_model
     from qaforge.retrieval import Retriever
     from serving.app import create_app
     from serving.settings import ServeSettings
+
+    from conftest import running
 
     index = Retriever.build(sample_chunks)
     previous = mlflow.get_tracking_uri()

@@ -85,7 +85,7 @@ def test_ollama_renders_the_modelfile_into_the_trained_prompt(base_model_dir: st
         assert rendered.stdout == render_prompt(tokenizer, with_system_prompt(messages, system)), messages
 
 
-def test_a_model_that_reads_passages_gets_a_gguf_only_when_asked(base_model_dir: str, sample_chunks,  # noqa: ANN001
+def test_a_model_that_reads_passages_gets_a_gguf_only_when_asked(base_model_dir: str, sample_chunks,
                                                                   tmp_path: Path) -> None:
     """Nothing retrieves for it in llama.cpp or Ollama: the export refuses, or with
     closed_book writes the GGUF and says so in the Modelfile; hf/ keeps its index."""

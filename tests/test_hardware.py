@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from qaforge.hardware import (
-    Device, HardwareError, Machine, Precision, Quantization, decide, decide_training, warnings,
+    Device,
+    HardwareError,
+    Machine,
+    Precision,
+    Quantization,
+    decide,
+    decide_training,
+    warnings,
 )
 
 
@@ -82,7 +89,7 @@ def test_this_machine_is_detected_consistently() -> None:
 
 
 @pytest.mark.parametrize(("precision", "quantization"), [("fp32", "none"), ("bf16", "none"), ("auto", "4bit")])
-def test_inference_loads_and_answers_as_asked(base_model_dir, precision, quantization) -> None:  # noqa: ANN001
+def test_inference_loads_and_answers_as_asked(base_model_dir, precision, quantization) -> None:
     import torch
 
     from qaforge.config import InferenceOptions
@@ -103,7 +110,7 @@ def test_inference_loads_and_answers_as_asked(base_model_dir, precision, quantiz
 
 
 @pytest.mark.slow
-def test_the_registered_model_and_the_server_take_the_same_options(base_model_dir, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_the_registered_model_and_the_server_take_the_same_options(base_model_dir, tmp_path, monkeypatch) -> None:
     """A logged model loads in the precision its loader asks for (how evaluation and the
     server override it); the server reads those options from QAFORGE_* variables."""
     import mlflow
@@ -128,7 +135,7 @@ def test_the_registered_model_and_the_server_take_the_same_options(base_model_di
     assert default.model.dtype == decide(Machine.detect()).dtype
 
 
-def test_doctor_names_each_stage_and_warns_about_slow_choices(tmp_path) -> None:  # noqa: ANN001
+def test_doctor_names_each_stage_and_warns_about_slow_choices(tmp_path) -> None:
     from qaforge.config import validate_config
     from qaforge.doctor import check
 
@@ -155,8 +162,9 @@ def test_doctor_names_each_stage_and_warns_about_slow_choices(tmp_path) -> None:
 def test_doctor_command_runs_on_this_machine() -> None:
     from click.testing import CliRunner
 
-    from conftest import REPO
     from qaforge.cli import main
+
+    from conftest import REPO
 
     result = CliRunner().invoke(main, ["doctor", "-c", str(REPO / "configs" / "default.yaml")])
     assert result.exit_code == 0, result.output

@@ -12,11 +12,11 @@ import pytest
 from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.platypus import Paragraph, SimpleDocTemplate
 
+from qaforge.chunking import chunk_corpus
 from qaforge.config import SourcesConfig
+from qaforge.ingest import fingerprint, ingest
 from qaforge.sources.cleaning import normalize_text, remove_blocks, repeated_blocks, strip_chrome
 from qaforge.sources.web import serve_directory
-from qaforge.chunking import chunk_corpus
-from qaforge.ingest import fingerprint, ingest
 
 from conftest import SAMPLE
 from fixture_site import FixtureSite
@@ -93,7 +93,7 @@ def test_crawl_records_every_failure_and_keeps_the_rest(site: FixtureSite, tmp_p
 
 
 @pytest.mark.slow
-def test_rerun_reuses_unchanged_and_reports_changes(site: FixtureSite, tmp_path: Path, tokenizer) -> None:  # noqa: ANN001
+def test_rerun_reuses_unchanged_and_reports_changes(site: FixtureSite, tmp_path: Path, tokenizer) -> None:
     with site.serve() as base:
         sources = web_sources(base, tmp_path, max_depth=1)
         first, _ = ingest(sources)
@@ -162,7 +162,7 @@ def test_sitemap_include_and_exclude(site: FixtureSite, tmp_path: Path) -> None:
         (lambda base: (500, "text/plain", b"oops"), "http_error"),
     ],
 )
-def test_a_broken_sitemap_is_recorded_and_the_crawl_goes_on(site: FixtureSite, tmp_path: Path, sitemap, kind) -> None:  # noqa: ANN001
+def test_a_broken_sitemap_is_recorded_and_the_crawl_goes_on(site: FixtureSite, tmp_path: Path, sitemap, kind) -> None:
     with site.serve() as base:
         site.routes["/sitemap.xml"] = lambda: sitemap(base)
         corpus, report = ingest(web_sources(base, tmp_path, max_depth=0, sitemap=True))
@@ -295,7 +295,7 @@ def test_served_folder_is_reachable_over_http() -> None:
         assert httpx.get(base + "index.html").status_code == 200
 
 
-def test_sample_corpus_is_crawled_and_converted(sample_corpus) -> None:  # noqa: ANN001
+def test_sample_corpus_is_crawled_and_converted(sample_corpus) -> None:
     site_pages = {p.name for p in (SAMPLE / "site").glob("*.html")}
     assert site_pages <= {Path(d.source).name for d in sample_corpus.documents}
     converters = {d.converter for d in sample_corpus.documents}

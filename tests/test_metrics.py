@@ -8,7 +8,14 @@ import pytest
 import sacrebleu
 
 from qaforge.evaluation.metrics import (
-    compare, contains_any, normalize_answer, numbers, numeric_accuracy, paired_bootstrap, score_answers, token_f1,
+    compare,
+    contains_any,
+    normalize_answer,
+    numbers,
+    numeric_accuracy,
+    paired_bootstrap,
+    score_answers,
+    token_f1,
 )
 from qaforge.evaluation.report import metrics_text
 from qaforge.refusal import is_refusal

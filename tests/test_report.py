@@ -6,7 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from qaforge.evaluation.report import candidate_interval, fmt, write_report
-from qaforge.records import EvalReport, EvalRow, GuardReport, Interval, PairwiseResult, SetReport, TrainedModel
+from qaforge.records import (
+    EvalReport,
+    EvalRow,
+    GuardReport,
+    Interval,
+    PairwiseResult,
+    SetReport,
+    TrainedModel,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NASTY = "<b>&|"

@@ -17,7 +17,12 @@ from qaforge.config import ContextTraining, EvaluationConfig, GoldSet, ServingCo
 from qaforge.evaluation import AnswerCache, ModelRef, evaluate, question_sets, systems
 from qaforge.evaluation.sets import gold_questions
 from qaforge.prompting import (
-    CONTEXT_INTRO, build_messages, passage_header, retrieval_query, with_retrieved, with_system_prompt,
+    CONTEXT_INTRO,
+    build_messages,
+    passage_header,
+    retrieval_query,
+    with_retrieved,
+    with_system_prompt,
 )
 from qaforge.records import Chunk, ChunkSet, EvalMetric, Interval, ModelLabel, QAPair, Turn
 from qaforge.retrieval import Retriever
@@ -30,11 +35,11 @@ SYSTEM = "Answer briefly."
 
 
 @pytest.fixture(scope="module")
-def retriever(sample_chunks) -> Retriever:  # noqa: ANN001
+def retriever(sample_chunks) -> Retriever:
     return Retriever.build(sample_chunks)
 
 
-def test_retrieval_finds_the_source_chunk_of_a_known_question(retriever: Retriever, sample_dataset) -> None:  # noqa: ANN001
+def test_retrieval_finds_the_source_chunk_of_a_known_question(retriever: Retriever, sample_dataset) -> None:
     pair = next(p for p in sample_dataset.test if p.question == "What is a charging network?")
     top = retriever.search(pair.question, 3)
     assert pair.chunk_id in [p.chunk_id for p in top]
@@ -111,7 +116,7 @@ def test_served_prompt_carries_the_passages_as_training_and_evaluation_do(retrie
     assert with_retrieved(history, passages)[:2] == history[:2], "only the newest question gets passages"
 
 
-def test_raft_examples_mix_the_source_with_distractors(retriever: Retriever, sample_dataset) -> None:  # noqa: ANN001
+def test_raft_examples_mix_the_source_with_distractors(retriever: Retriever, sample_dataset) -> None:
     found = examples(sample_dataset.train[:40])
     always = with_passages(found, retriever, 3, ContextTraining(with_source=1.0), seed=1)
     for before, after in zip(found, always):
@@ -144,7 +149,7 @@ def test_config_checks_that_training_prompts_fit_the_passages() -> None:
 
 
 @pytest.mark.slow
-def test_four_systems_on_every_question_set(retriever: Retriever, sample_dataset, base_model_dir: str,  # noqa: ANN001
+def test_four_systems_on_every_question_set(retriever: Retriever, sample_dataset, base_model_dir: str,
                                             tmp_path: Path) -> None:
     """Base and 'fine-tuned' (here the base model again, under another name), closed book
     and with retrieval, on the test split, the knowledge and memorisation sets and a gold

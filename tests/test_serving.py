@@ -285,7 +285,7 @@ def test_each_request_is_answered_by_the_model_that_built_its_prompt(base_model_
 
 
 @pytest.mark.slow
-def test_an_alias_move_never_mixes_versions_within_a_request(base_model_dir: str, sample_chunks,  # noqa: ANN001
+def test_an_alias_move_never_mixes_versions_within_a_request(base_model_dir: str, sample_chunks,
                                                             tmp_path: Path) -> None:
     """The whole server while @production moves from v1 (closed book) to v2 (answers
     from passages) under a stream of requests: every answer's system_fingerprint, its

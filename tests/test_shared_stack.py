@@ -48,7 +48,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.fixture(scope="module")
-def tracking_server(postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:  # noqa: ANN001
+def tracking_server(postgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """MLflow's basic-auth app: users and runs both in PostgreSQL, artifacts proxied."""
     artifacts = tmp_path_factory.mktemp("mlflow-artifacts")
     auth_config = artifacts.parent / "basic_auth.ini"
@@ -101,7 +101,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
 
 
 @pytest.fixture(scope="module")
-def zenml_server(project) -> Iterator[str]:  # noqa: ANN001
+def zenml_server(project) -> Iterator[str]:
     """ZenML's local server (a daemon with its own database); the project's client logs in to it."""
     root, env = project
     port = free_port()
@@ -113,7 +113,7 @@ def zenml_server(project) -> Iterator[str]:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
-def trained(project, tracking_server: str, zenml_server: str) -> str:  # noqa: ANN001
+def trained(project, tracking_server: str, zenml_server: str) -> str:
     root, env = project
     setup = run_cli("qaforge", "setup", "-c", "run.yaml", "--tracking-uri", tracking_server, cwd=root, env=env)
     assert f"MLflow server {tracking_server}" in setup
@@ -121,7 +121,7 @@ def trained(project, tracking_server: str, zenml_server: str) -> str:  # noqa: A
     return tracking_server
 
 
-def test_runs_and_versions_live_in_the_servers(postgres, project, trained: str,  # noqa: ANN001
+def test_runs_and_versions_live_in_the_servers(postgres, project, trained: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     anonymous = httpx.get(f"{trained}/api/2.0/mlflow/registered-models/search", timeout=30)
     assert anonymous.status_code == 401, "the server asks for credentials"
@@ -144,7 +144,7 @@ def test_runs_and_versions_live_in_the_servers(postgres, project, trained: str, 
     assert not list(root.rglob("mlflow.db")), "nothing tracked locally"
 
 
-def test_stack_and_run_live_in_the_zenml_server(project, trained: str, zenml_server: str) -> None:  # noqa: ANN001
+def test_stack_and_run_live_in_the_zenml_server(project, trained: str, zenml_server: str) -> None:
     root, env = project
     status = run_cli("zenml", "status", cwd=root, env=env)
     assert f"Connected to the local ZenML server: {zenml_server}" in status
@@ -157,7 +157,7 @@ def test_stack_and_run_live_in_the_zenml_server(project, trained: str, zenml_ser
     assert ADMIN_PASSWORD not in tracker and "{{qaforge-shared-mlflow.tracking_password}}" in tracker
 
 
-def test_sources_changed_asks_the_tracking_server(project, trained: str, tmp_path: Path) -> None:  # noqa: ANN001
+def test_sources_changed_asks_the_tracking_server(project, trained: str, tmp_path: Path) -> None:
     root, env = project
     out = run_cli("qaforge", "sources-changed", "-c", "run.yaml", cwd=root, env=env, ok=(SourcesCheck.UNCHANGED,))
     assert "Unchanged" in out
@@ -186,14 +186,14 @@ def test_sources_changed_asks_the_tracking_server(project, trained: str, tmp_pat
          ok=(SourcesCheck.ERROR,))
 
 
-def test_report_comes_from_the_tracking_server(project, trained: str, tmp_path: Path) -> None:  # noqa: ANN001
+def test_report_comes_from_the_tracking_server(project, trained: str, tmp_path: Path) -> None:
     root, env = project
     out = run_cli("qaforge", "report", "-c", "run.yaml", "--out", str(tmp_path / "report"), cwd=root, env=env)
     assert f"{MODEL} v1" in out
     assert "rougeL" in (tmp_path / "report" / "report" / "report.md").read_text()
 
 
-def test_served_by_alias_from_the_tracking_server(project, trained: str) -> None:  # noqa: ANN001
+def test_served_by_alias_from_the_tracking_server(project, trained: str) -> None:
     root, env = project
     port = free_port()
     log_path = root / "serve.log"
@@ -216,7 +216,7 @@ def test_served_by_alias_from_the_tracking_server(project, trained: str) -> None
             server.wait(timeout=60)
 
 
-def test_export_gives_the_same_greedy_answer_as_gguf(project, trained: str, tmp_path: Path) -> None:  # noqa: ANN001
+def test_export_gives_the_same_greedy_answer_as_gguf(project, trained: str, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -6,18 +6,18 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from datasets import load_dataset
 
-from qaforge.config import SynthesisConfig, TeacherConfig
-from qaforge.synthesis.exports import dataset_card, write_exports
-from qaforge.records import Chunk, ChunkSet
 from qaforge.chat_client import EndpointError
-from qaforge.synthesis.teacher import teacher_pairs
+from qaforge.config import SynthesisConfig, TeacherConfig
+from qaforge.records import Chunk, ChunkSet
 from qaforge.synthesis import synthesize
+from qaforge.synthesis.exports import dataset_card, write_exports
+from qaforge.synthesis.teacher import teacher_pairs
 
 from fixture_site import chat_completion, serve_chat
 
@@ -72,7 +72,7 @@ class TeacherServer:
             content = "Sure! Here are some questions: 1. What is OCPP?"
         return 200, chat_completion(body, content)
 
-    def serve(self):  # noqa: ANN201
+    def serve(self):
         return serve_chat(self.reply)
 
 
@@ -159,7 +159,7 @@ def test_bad_prompt_placeholder_is_named() -> None:
         validate_config(raw)
 
 
-def test_exports_load_with_datasets(sample_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+def test_exports_load_with_datasets(sample_dataset, tmp_path: Path) -> None:
     files = write_exports(sample_dataset, "Answer briefly.", tmp_path)
     assert len(files) == 9
     for split in ("train", "val", "test"):

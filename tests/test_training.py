@@ -21,10 +21,16 @@ from transformers import AutoModelForCausalLM
 
 from qaforge.config import GENERAL_DATA, ReplayConfig, TrainingConfig
 from qaforge.general_data import GeneralQuestion, ReplayExample, read_jsonl
-from qaforge.records import QAPair
 from qaforge.hardware import Precision
+from qaforge.records import QAPair
 from qaforge.training import (
-    examples, fit, load_trainable_model, merge_adapter, project_answer_tokens_only, replay_sample, sft_dataset,
+    examples,
+    fit,
+    load_trainable_model,
+    merge_adapter,
+    project_answer_tokens_only,
+    replay_sample,
+    sft_dataset,
     training_compute,
 )
 
@@ -56,7 +62,7 @@ def small_config(method: str, **overrides: object) -> TrainingConfig:
 
 @pytest.mark.training
 @pytest.mark.parametrize("method", ["qlora", "lora", "full"])
-def test_each_method_lowers_train_and_val_loss(base_model_dir, tmp_path, method) -> None:  # noqa: ANN001
+def test_each_method_lowers_train_and_val_loss(base_model_dir, tmp_path, method) -> None:
     data = sft_dataset(examples(pairs()), "Answer about the depot.")
     result = fit(data, sft_dataset(examples(pairs(4)), "Answer about the depot."), base_model_dir, small_config(method), tmp_path)
     losses = [h["loss"] for h in result.history if "loss" in h]
@@ -80,7 +86,7 @@ def test_each_method_lowers_train_and_val_loss(base_model_dir, tmp_path, method)
 
 
 @pytest.mark.training
-def test_full_fine_tuning_of_the_top_layers_leaves_the_rest_as_it_was(base_model_dir, tmp_path) -> None:  # noqa: ANN001
+def test_full_fine_tuning_of_the_top_layers_leaves_the_rest_as_it_was(base_model_dir, tmp_path) -> None:
     config = small_config("full", trainable_layers=2, max_steps=4, eval_steps=None, early_stopping_patience=None,
                           save_steps=4, learning_rate=3e-4)
     result = fit(sft_dataset(examples(pairs()), "Answer about the depot."), None, base_model_dir, config, tmp_path)
@@ -93,7 +99,7 @@ def test_full_fine_tuning_of_the_top_layers_leaves_the_rest_as_it_was(base_model
     assert "model.embed_tokens.weight" not in changed, "the embeddings and the output head tied to them stay"
 
 
-def test_the_loss_projects_the_answer_tokens_only_and_is_the_loss_of_every_logit(base_model_dir, tokenizer,  # noqa: ANN001
+def test_the_loss_projects_the_answer_tokens_only_and_is_the_loss_of_every_logit(base_model_dir, tokenizer,
                                                                                   monkeypatch) -> None:
     from trl.trainer import add_fused_lm_head
     from trl.trainer import utils as trl_utils
@@ -118,7 +124,7 @@ def test_the_loss_projects_the_answer_tokens_only_and_is_the_loss_of_every_logit
 
 
 @pytest.mark.training
-def test_packing_trains_on_the_same_examples(base_model_dir, tmp_path) -> None:  # noqa: ANN001
+def test_packing_trains_on_the_same_examples(base_model_dir, tmp_path) -> None:
     result = fit(sft_dataset(examples(pairs()), None), None, base_model_dir, small_config("lora", packing=True), tmp_path)
     losses = [h["loss"] for h in result.history if "loss" in h]
     assert losses[-1] < losses[0] * 0.8, losses
@@ -126,7 +132,7 @@ def test_packing_trains_on_the_same_examples(base_model_dir, tmp_path) -> None: 
 
 @pytest.mark.training
 @pytest.mark.parametrize("precision", [Precision.FP32, Precision.BF16])
-def test_forced_precision_trains_in_that_precision(base_model_dir, tmp_path, precision) -> None:  # noqa: ANN001
+def test_forced_precision_trains_in_that_precision(base_model_dir, tmp_path, precision) -> None:
     """Both precisions train whatever the CPU (bf16 slowly where it is not native), and
     the trainer is told the one asked for."""
     config = small_config("lora", precision=precision, max_steps=4, batch_size=2, max_length=64, eval_steps=None,
@@ -153,7 +159,7 @@ def lora_gradients(model: torch.nn.Module, batch: dict, autocast: torch.dtype | 
 
 
 @pytest.mark.training
-def test_qlora_gradients_match_a_full_precision_reference(base_model_dir, tokenizer) -> None:  # noqa: ANN001
+def test_qlora_gradients_match_a_full_precision_reference(base_model_dir, tokenizer) -> None:
     """The reference is fp32 over the same NF4-dequantized weights, so the only
     difference left is the 4-bit kernels and the compute precision this machine gets.
     Training loads its 4-bit model fresh, as here: on some CPUs bitsandbytes repacks
@@ -186,7 +192,7 @@ fit(sft_dataset(examples(pairs()), None), None, {base!r}, small_config("lora", *
 
 
 @pytest.mark.training
-def test_killed_run_resumes_from_its_last_checkpoint(base_model_dir, tmp_path, caplog) -> None:  # noqa: ANN001
+def test_killed_run_resumes_from_its_last_checkpoint(base_model_dir, tmp_path, caplog) -> None:
     work = tmp_path / "killed"
     script = KILLED_RUN.format(repo=str(REPO), tests=str(REPO / "tests"), base=base_model_dir, work=str(work))
     process = subprocess.Popen([sys.executable, "-c", script], env=os.environ, stderr=subprocess.PIPE)
@@ -215,7 +221,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(base_model_dir, tmp_path, c
 
 
 @pytest.mark.training
-def test_a_finished_run_is_not_trained_again_and_keeps_its_loss(base_model_dir, tmp_path, caplog) -> None:  # noqa: ANN001
+def test_a_finished_run_is_not_trained_again_and_keeps_its_loss(base_model_dir, tmp_path, caplog) -> None:
     """A rerun of the same plan finds the finished run: no trainer, no zero-step resume
     reporting a loss of 0, the same model folder and the loss it really had."""
     config = small_config("lora", max_steps=4, eval_steps=None, early_stopping_patience=None, save_steps=2)
@@ -227,7 +233,7 @@ def test_a_finished_run_is_not_trained_again_and_keeps_its_loss(base_model_dir, 
         first.train_loss, first.steps, first.model_dir)
 
 
-def test_an_example_that_would_lose_answer_tokens_is_named_before_training(base_model_dir: str, tmp_path) -> None:  # noqa: ANN001
+def test_an_example_that_would_lose_answer_tokens_is_named_before_training(base_model_dir: str, tmp_path) -> None:
     """trl cuts an example longer than max_length from the end, which cuts its answer (or
     drops it, left with none), silently: training refuses it first, naming it and the
     length it needs, with the system prompt and earlier turns counted."""
@@ -277,7 +283,7 @@ def test_dataset_hash_sees_the_earlier_turns() -> None:
 
 
 @pytest.mark.training
-def test_a_model_trained_with_passages_answers_from_a_fact_it_never_saw(sample_dataset, sample_chunks,  # noqa: ANN001
+def test_a_model_trained_with_passages_answers_from_a_fact_it_never_saw(sample_dataset, sample_chunks,
                                                                           tmp_path) -> None:
     """RAFT: trained with retrieved passages in its prompts, the model reads the answer
     out of a passage at question time, here a planted fact that is in no training

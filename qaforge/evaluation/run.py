@@ -12,10 +12,26 @@ import numpy as np
 
 from qaforge.config import EvaluationConfig
 from qaforge.evaluation.answers import (
-    AnswerCache, Answers, Ask, LazyModel, ModelRef, System, answer, as_asked, messages_of, speed,
+    AnswerCache,
+    Answers,
+    Ask,
+    LazyModel,
+    ModelRef,
+    System,
+    answer,
+    as_asked,
+    messages_of,
+    speed,
 )
 from qaforge.evaluation.judge import judge_set
-from qaforge.evaluation.metrics import Scored, compare, contains_any, mean_gain, numeric_accuracy, score_answers
+from qaforge.evaluation.metrics import (
+    Scored,
+    compare,
+    contains_any,
+    mean_gain,
+    numeric_accuracy,
+    score_answers,
+)
 from qaforge.evaluation.sets import Questions, gate_set
 from qaforge.general_data import GeneralQuestion, read_jsonl
 from qaforge.prompting import conversation_query

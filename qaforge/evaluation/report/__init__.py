@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qaforge.evaluation.report.plots import candidate_interval, headline, plot_by_source, plot_loss, plot_metrics
+from qaforge.evaluation.report.plots import (
+    candidate_interval,
+    headline,
+    plot_by_source,
+    plot_loss,
+    plot_metrics,
+)
 from qaforge.evaluation.report.render import fmt, render_html, render_markdown
 from qaforge.evaluation.report.sections import build_sections
 from qaforge.records import EvalReport, TrainedModel

@@ -8,10 +8,25 @@ from pathlib import Path
 
 from qaforge.evaluation.metrics import LOWER_IS_BETTER
 from qaforge.evaluation.report.render import (
-    Block, Image, Section, Table, fmt, fmt_count, fmt_signed, source_labels,
+    Block,
+    Image,
+    Section,
+    Table,
+    fmt,
+    fmt_count,
+    fmt_signed,
+    source_labels,
 )
 from qaforge.records import (
-    EvalReport, EvalRow, GuardReport, Interval, PairwiseResult, QuestionSet, Resampling, SetReport, TrainedModel,
+    EvalReport,
+    EvalRow,
+    GuardReport,
+    Interval,
+    PairwiseResult,
+    QuestionSet,
+    Resampling,
+    SetReport,
+    TrainedModel,
 )
 
 # What each of qaforge's own sets measures; any other set is a gold set written by people.
