@@ -51,6 +51,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # Refresh the lock after changing dependencies in pyproject.toml: every Python the
 # project supports, any OS; torch and its CUDA runtime are left to the torch install.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from docling_core.transforms.chunker import DocChunk
 from docling_core.transforms.chunker.hybrid_chunker import HybridChunker
 from docling_core.transforms.chunker.tokenizer.huggingface import HuggingFaceTokenizer
 from docling_core.types.doc import DoclingDocument
@@ -18,7 +19,8 @@ from qaforge.records import Chunk, ChunkSet, Corpus, Document
 
 def chunk_document(doc: Document, chunker: HybridChunker) -> list[Chunk]:
     chunks: list[Chunk] = []
-    for i, piece in enumerate(chunker.chunk(DoclingDocument.model_validate_json(doc.docling_json))):
+    for i, chunk in enumerate(chunker.chunk(DoclingDocument.model_validate_json(doc.docling_json))):
+        piece = DocChunk.model_validate(chunk)  # HybridChunker's chunks carry headings
         if not (text := piece.text.strip()):
             continue
         chunks.append(

@@ -243,7 +243,7 @@ def export(config_path: Path, out: Path, version: str | None, model_uri: str | N
         click.echo(f"Cannot export {location}: {exc}", err=True)
         sys.exit(1)
     click.echo(f"Hugging Face folder: {exported.hf_dir}")
-    if exported.gguf:
+    if exported.gguf and exported.modelfile:
         click.echo(f"GGUF:                {exported.gguf}")
         if exported.retrieval:
             click.echo("Warning: this model was trained to answer from retrieved passages; the GGUF runs without them "

@@ -53,6 +53,11 @@ class AnswerStyle(StrEnum):
         }[self]
 
 
+class JudgeMode(StrEnum):
+    RUBRIC = "rubric"
+    PAIRWISE = "pairwise"
+
+
 class Method(StrEnum):
     QLORA = "qlora"
     LORA = "lora"
@@ -124,6 +129,9 @@ class WebSource(_Strict):
             raise ValueError("start must be an http(s) URL unless serve_dir is set")
         if (self.cdp_url or self.chromium_path) and not self.browser:
             raise ValueError("cdp_url and chromium_path need browser: true")
+        if self.browser and not (self.cdp_url or self.chromium_path):
+            raise ValueError("browser: true needs cdp_url (a running browser's DevTools URL) "
+                             "or chromium_path (a Chromium to launch)")
         return self
 
 
@@ -376,7 +384,7 @@ class JudgeConfig(EndpointConfig):
     """An LLM judge. `rubric` scores each answer 1-5 on the criteria; `pairwise` asks
     which of two answers is better, twice with the order swapped to cancel position bias."""
 
-    modes: list[Literal["rubric", "pairwise"]] = Field(default_factory=lambda: ["rubric", "pairwise"], min_length=1)
+    modes: list[JudgeMode] = Field(default_factory=lambda: list(JudgeMode), min_length=1)
     criteria: list[str] = Field(
         default_factory=lambda: list(JUDGE_CRITERIA), min_length=1, description="Rubric criteria, 1-5 each."
     )

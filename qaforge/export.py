@@ -13,10 +13,14 @@ import tempfile
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from qaforge.fsutil import write_atomic
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +108,12 @@ def _pre_tokenizer(hf_dir: Path) -> str:
                      "convert_hf_to_gguf.py, which knows more of them")
 
 
-def _rope_theta(config: object) -> float:
+def _rope_theta(config: PretrainedConfig) -> float:
     params = getattr(config, "rope_parameters", None) or {}
-    return float(params.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
+    return float(params.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
 
 
-def _refuse_unwritten(config: object) -> None:
+def _refuse_unwritten(config: PretrainedConfig) -> None:
     """What this writer does not put into the GGUF, and llama.cpp would then get wrong:
     scaled rotary embeddings (Llama 3.1's `llama3`, `linear`, `yarn`, ...) and a head
     size other than hidden_size / heads. Refused rather than exported "successfully"."""

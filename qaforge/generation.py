@@ -34,9 +34,12 @@ class Weights(Protocol):
     """What the engine needs of a model: the weights, their tokenizer, and a version
     for the answers to carry (None for a model from a folder)."""
 
-    model: Any
-    tokenizer: Any
-    version: str | None
+    @property
+    def model(self) -> Any: ...
+    @property
+    def tokenizer(self) -> Any: ...
+    @property
+    def version(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -168,12 +171,12 @@ class Batch:
         # Padded on the right: after every real token of its row, so it changes none of them.
         mask = torch.cat([self.mask, (targets != -100).long().to(device)], dim=1)
         positions = self.mask.sum(1, keepdim=True) + torch.arange(rest, device=device)
-        saved = [(layer.keys, layer.values) for layer in self.cache.layers]
+        saved = [(layer.keys, layer.values) for layer in _kv_layers(self.cache)]
         try:  # the references go into columns past the saved ones, so those stay as they were
             logits = self.model.model(input_ids=ids.to(device), attention_mask=mask, position_ids=positions,
                                       past_key_values=self.cache, use_cache=True).logits
         finally:
-            for layer, (keys, values) in zip(self.cache.layers, saved):
+            for layer, (keys, values) in zip(_kv_layers(self.cache), saved):
                 layer.keys, layer.values = keys, values
         targets = targets.to(device)
         for start in range(0, len(references), 8):  # float logits of a few rows at a time
@@ -197,7 +200,7 @@ class Batch:
     def extend(self, other: Batch) -> None:
         self._compact()
         width = max(self.mask.shape[1], other.mask.shape[1])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+        for mine, theirs in zip(_kv_layers(self.cache), _kv_layers(other.cache)):
             mine.keys = torch.cat([_left_pad(mine.keys, width, 2), _left_pad(theirs.keys, width, 2)])
             mine.values = torch.cat([_left_pad(mine.values, width, 2), _left_pad(theirs.values, width, 2)])
         self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(other.mask, width, 1)])
@@ -231,7 +234,7 @@ class Batch:
         self.mask = self.mask[index]
         first = int(self.mask.any(dim=0).int().argmax()) if self.rows else 0
         self.mask = self.mask[:, first:]
-        for layer in self.cache.layers:
+        for layer in _kv_layers(self.cache):
             layer.keys = layer.keys[index, :, first:]
             layer.values = layer.values[index, :, first:]
 
@@ -336,12 +339,13 @@ class GrowingLayer(DynamicLayer):
     SPARE = 64  # columns added each time the buffer is full
 
     def __init__(self) -> None:
-        self._k = self._v = None
+        self._k: tuple[torch.Tensor, int] | None = None
+        self._v: tuple[torch.Tensor, int] | None = None
         super().__init__()
 
     @property
     def keys(self) -> torch.Tensor | None:
-        return self._k if self._k is None else self._k[0][..., : self._k[1], :]
+        return None if self._k is None else _filled_part(self._k)
 
     @keys.setter
     def keys(self, tensor: torch.Tensor | None) -> None:
@@ -349,7 +353,7 @@ class GrowingLayer(DynamicLayer):
 
     @property
     def values(self) -> torch.Tensor | None:
-        return self._v if self._v is None else self._v[0][..., : self._v[1], :]
+        return None if self._v is None else _filled_part(self._v)
 
     @values.setter
     def values(self, tensor: torch.Tensor | None) -> None:
@@ -359,8 +363,14 @@ class GrowingLayer(DynamicLayer):
                ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        assert self._k is not None and self._v is not None  # lazy_initialization set both
         self._k, self._v = _grow(self._k, key_states), _grow(self._v, value_states)
-        return self.keys, self.values
+        return _filled_part(self._k), _filled_part(self._v)
+
+
+def _filled_part(filled: tuple[torch.Tensor, int]) -> torch.Tensor:
+    buffer, length = filled
+    return buffer[..., :length, :]
 
 
 def _filled(tensor: torch.Tensor | None) -> tuple[torch.Tensor, int] | None:
@@ -385,6 +395,13 @@ def new_cache(model: Weights) -> DynamicCache:
     cache = DynamicCache(config=model.model.config)
     cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
+
+
+def _kv_layers(cache: DynamicCache) -> list[Any]:
+    """The cache's layers, whose `keys` and `values` the batch slices and joins.
+    transformers types a layer as possibly a linear-attention state without keys; the
+    engine's caches (new_cache) hold key/value layers only."""
+    return list(cache.layers)
 
 
 def mergeable(cache: DynamicCache) -> bool:
@@ -464,7 +481,11 @@ def generate(model: Weights, prompts: Sequence[list[int]], sampling: Sampling | 
                     batch = joined
                 else:
                     batch.extend(joined)
+        assert batch is not None  # the loop runs while jobs wait or a batch runs, and a waiting job makes one
         batch.advance()
         if not batch.rows:
             batch = None
-    return [job.result for job in jobs]
+    done = [job.result for job in jobs if job.result is not None]
+    if len(done) != len(jobs):  # every row hands over a Completion or raises: this is a bug in the batch
+        raise RuntimeError(f"the engine answered {len(done)} of {len(jobs)} prompts")
+    return done

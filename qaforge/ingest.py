@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -141,8 +142,8 @@ class _Collector:
                 status=status,
                 docling_json=converted.model_dump_json(),
             )
-        if (reason := self._rejection(doc)) is not None:
-            self.failures.append(reason)
+        if (rejected := self._rejection(doc)) is not None:
+            self.failures.append(rejected)
         else:
             self.documents[source] = (key, doc)
 
@@ -163,9 +164,9 @@ class _Collector:
         return None
 
 
-def _add_download(collector: _Collector, page: FetchedPage, max_bytes: int) -> None:
-    """A crawled non-HTML body: docling converts the formats it knows."""
-    suffix = page.file.suffix.lower() or CONTENT_TYPE_SUFFIXES.get(page.content_type, "")
+def _add_download(collector: _Collector, page: FetchedPage, file: Path, max_bytes: int) -> None:
+    """A crawled non-HTML body (saved as `file`): docling converts the formats it knows."""
+    suffix = file.suffix.lower() or CONTENT_TYPE_SUFFIXES.get(page.content_type, "")
     if suffix not in CONTENT_TYPE_SUFFIXES.values():
         collector.failures.append(
             IngestFailure(
@@ -174,28 +175,25 @@ def _add_download(collector: _Collector, page: FetchedPage, max_bytes: int) -> N
             )
         )
         return
-    path = page.file if page.file.suffix else page.file.rename(page.file.with_suffix(suffix))
+    path = file if file.suffix else file.rename(file.with_suffix(suffix))
     collector.add(
         page.source, file_sha256(path),
-        lambda: convert_path(path, max_bytes, collector.sources.pdf_artifacts_path),
+        partial(convert_path, path, max_bytes, collector.sources.pdf_artifacts_path),
         f"crawl4ai+docling-{suffix.lstrip('.')}", status=page.status,
     )
 
 
 def _add_site(collector: _Collector, pages: list[FetchedPage], max_bytes: int) -> None:
-    html_pages = [p for p in pages if p.html is not None]
-    cleaned = {p.source: strip_chrome(p.html) for p in html_pages}
+    cleaned = {p.source: strip_chrome(p.html) for p in pages if p.html is not None}
     repeated = repeated_blocks(list(cleaned.values()), collector.sources.boilerplate_share)
     for page in tqdm(pages, desc="convert pages", unit="page"):
         if page.file is not None:
-            _add_download(collector, page, max_bytes)
+            _add_download(collector, page, page.file, max_bytes)
             continue
         html = normalize_text(remove_blocks(cleaned[page.source], repeated))
         collector.add(
             page.source, content_hash(html),
-            lambda html=html, page=page: convert_html(
-                html, Path(page.source).name or "page.html", collector.sources.pdf_artifacts_path
-            ),
+            partial(convert_html, html, Path(page.source).name or "page.html", collector.sources.pdf_artifacts_path),
             "crawl4ai+docling-html", title=page.title, status=page.status,
         )
 
@@ -221,7 +219,7 @@ def _collect(collector: _Collector) -> None:
             continue
         collector.add(
             str(path), digest,
-            lambda path=path: convert_path(path, max_bytes, sources.pdf_artifacts_path),
+            partial(convert_path, path, max_bytes, sources.pdf_artifacts_path),
             f"docling-{path.suffix.lstrip('.').lower()}",
         )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.pyfunc.model import PythonModel
 
 from qaforge.config import InferenceOptions
 from qaforge.modeling import generate_answers, load_for_inference
@@ -23,7 +24,7 @@ def inference_options(options: InferenceOptions) -> dict[str, str]:
     return options.model_dump(mode="json", include=set(INFERENCE_KEYS))
 
 
-class QAModel(mlflow.pyfunc.PythonModel):
+class QAModel(PythonModel):
     """The model, its trained system prompt and, when it answers from retrieved
     passages, the index it was trained and evaluated with and how many passages it gets,
     for `mlflow.pyfunc.load_model` users. qaforge itself loads logged models with

@@ -43,7 +43,7 @@ def resolve_base_model(cfg: ModelConfig) -> str:
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=cfg.gguf_file)
     # The dequantized weights are plain floats; without this, save_pretrained
     # would record a GGUF quantization config that nothing can load.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # typed as set once, but it can be dropped
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     partial = target.with_name(target.name + ".partial")
@@ -69,7 +69,9 @@ def load_for_inference(path: str, options: InferenceOptions | None = None) -> tu
     compute = decide(Machine.detect(), options.device, options.precision)
     quantization = quantization_config(options.quantization, compute)
     if quantization is None:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=compute.dtype).to(compute.device.value)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=compute.dtype)
+        # transformers' wrapper around `to` is typed as if it took the model itself
+        model = model.to(compute.device.value)  # type: ignore[arg-type]
     else:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=compute.dtype, quantization_config=quantization, device_map=compute.device.value
@@ -117,5 +119,5 @@ def generate_answers(
         seconds=time.perf_counter() - start,
         prompt_tokens=[len(p) for p in prompts],
         completion_tokens=[c.completion_tokens for c in done],
-        nll=[c.reference_nll for c in done] if references else [],
+        nll=[c.reference_nll for c in done if c.reference_nll is not None],  # every one, given references
     )

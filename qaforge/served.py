@@ -49,7 +49,7 @@ class Answering:
     def retrieve(self, messages: list[dict[str, str]]) -> list[Passage] | None:
         """The passages for the conversation's newest question in the context of the one
         before it; None when closed book."""
-        if not self.retrieves:
+        if self.retriever is None or not self.retrieves:
             return None
         return self.retriever.search(conversation_query(messages), self.top_k)
 
@@ -102,6 +102,7 @@ def registry_version(uri: str) -> str | None:
 
     from qaforge.tracking import version_by_alias_from
 
+    assert parsed.alias is not None  # a parsed models:/ URI names a version or an alias
     found = version_by_alias_from(MlflowClient(), parsed.name, parsed.alias)
     if found is None:
         raise LookupError(f"model '{parsed.name}' has no version with alias @{parsed.alias}")
@@ -114,9 +115,9 @@ def artifact_location(uri: str) -> str:
     import mlflow
     from mlflow import MlflowClient
 
-    parsed = ModelsUri.parse(uri)
-    if parsed is not None:
-        return MlflowClient().get_model_version_download_uri(parsed.name, registry_version(uri))
+    parsed, version = ModelsUri.parse(uri), registry_version(uri)
+    if parsed is not None and version is not None:
+        return MlflowClient().get_model_version_download_uri(parsed.name, version)
     if uri.startswith("models:/"):
         return mlflow.get_logged_model(uri.removeprefix("models:/")).artifact_location
     return uri

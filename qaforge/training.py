@@ -291,9 +291,10 @@ def fit(
         return FitResult.load(work_dir / RESULT_FILE, model_dir)
     compute = compute or training_compute(cfg)
     evaluate = cfg.eval_steps is not None and val_set is not None and len(val_set) > 0
-    args = sft_config(cfg, work_dir / "checkpoints", evaluate, compute)
+    checkpoints = work_dir / "checkpoints"
+    args = sft_config(cfg, checkpoints, evaluate, compute)
     callbacks: list[TrainerCallback] = [MlflowStepMetrics()]
-    if args.load_best_model_at_end:
+    if args.load_best_model_at_end and cfg.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     project_answer_tokens_only()
     model = load_trainable_model(base_dir, cfg.method, compute)
@@ -316,7 +317,7 @@ def fit(
         ),
         callbacks=callbacks,
     )
-    checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    checkpoint = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if checkpoint:
         log.info("resuming training from %s", checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -333,7 +334,7 @@ def fit(
     fitted.save(work_dir / RESULT_FILE)
     # Checkpoints only serve to resume an interrupted run; a full fine-tune's two with
     # optimizer state are ~3 GB the finished run would otherwise keep for ever.
-    shutil.rmtree(args.output_dir, ignore_errors=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)
     return fitted
 
 

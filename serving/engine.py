@@ -15,8 +15,8 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from qaforge.generation import Batch, Completion, Job, Sampling, Weights
@@ -28,18 +28,18 @@ log = logging.getLogger(__name__)
 class _Request(Job):
     """A job whose results go back to the event loop of the request that made it."""
 
-    loop: asyncio.AbstractEventLoop | None = None
-    future: asyncio.Future | None = None
-    chunks: asyncio.Queue | None = None  # streaming: text pieces, then the Completion
+    loop: asyncio.AbstractEventLoop = field(kw_only=True)
+    future: asyncio.Future[Completion] | None = None
+    chunks: asyncio.Queue[str | Completion | BaseException] | None = None  # streaming: pieces, then the Completion
 
     def deliver(self, item: str | Completion | BaseException) -> None:
         if self.chunks is not None:
             self.loop.call_soon_threadsafe(self.chunks.put_nowait, item)
-        else:
+        elif self.future is not None:
             self.loop.call_soon_threadsafe(_settle, self.future, item)
 
 
-def _settle(future: asyncio.Future, item: Any) -> None:
+def _settle(future: asyncio.Future[Completion], item: Any) -> None:
     if future.done():  # the client went away
         return
     if isinstance(item, BaseException):
@@ -68,23 +68,24 @@ class Engine:
 
     async def complete(self, model: Weights, prompt_ids: list[int], sampling: Sampling) -> Completion:
         loop = asyncio.get_running_loop()
-        job = _Request(model, prompt_ids, sampling, loop=loop, future=loop.create_future())
+        future: asyncio.Future[Completion] = loop.create_future()
+        job = _Request(model, prompt_ids, sampling, loop=loop, future=future)
         self._jobs.put(job)
         try:
-            return await job.future
+            return await future
         except asyncio.CancelledError:  # the client left: stop generating for nobody
             job.cancelled.set()
             raise
 
     async def stream(self, model: Weights, prompt_ids: list[int], sampling: Sampling
-                     ) -> AsyncIterator[str | Completion]:
+                     ) -> AsyncGenerator[str | Completion]:
         """Text pieces as they are generated, then the Completion."""
-        job = _Request(model, prompt_ids, sampling, streaming=True, loop=asyncio.get_running_loop(),
-                       chunks=asyncio.Queue())
+        chunks: asyncio.Queue[str | Completion | BaseException] = asyncio.Queue()
+        job = _Request(model, prompt_ids, sampling, streaming=True, loop=asyncio.get_running_loop(), chunks=chunks)
         self._jobs.put(job)
         try:
             while True:
-                item = await job.chunks.get()
+                item = await chunks.get()
                 if isinstance(item, BaseException):
                     raise item
                 yield item

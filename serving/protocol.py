@@ -4,6 +4,7 @@ every failure is answered in."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
@@ -204,7 +205,7 @@ class APIError(HTTPException):
     when a middleware raises it while the request body is read."""
 
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+                 param: str | None = None, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(status, message, headers or {})
         self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
 

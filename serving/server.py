@@ -9,8 +9,10 @@ variables (what the serving image runs); `qaforge serve` takes them from a run c
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from serving.logs import LOG_CONFIG
@@ -41,8 +43,8 @@ class _HeadDeadline(H11Protocol):
         self.loop.call_later(self.head_timeout, expire)
 
 
-def uvicorn_config(app: object, settings: ServeSettings, host: str | None = None, port: int | None = None,
-                   **options: object) -> uvicorn.Config:
+def uvicorn_config(app: FastAPI, settings: ServeSettings, host: str | None = None, port: int | None = None,
+                   **options: Any) -> uvicorn.Config:
     protocol = type("HeadDeadlineH11Protocol", (_HeadDeadline,), {"head_timeout": settings.header_timeout_seconds})
     return uvicorn.Config(
         app, host=host or settings.host, port=port or settings.port, http=protocol,
@@ -50,7 +52,7 @@ def uvicorn_config(app: object, settings: ServeSettings, host: str | None = None
     )
 
 
-def serve(app: object, settings: ServeSettings, host: str | None = None, port: int | None = None) -> None:
+def serve(app: FastAPI, settings: ServeSettings, host: str | None = None, port: int | None = None) -> None:
     uvicorn.Server(uvicorn_config(app, settings, host, port)).run()
 
 

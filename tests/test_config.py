@@ -49,6 +49,12 @@ def test_web_start_must_be_url_without_serve_dir() -> None:
         validate_config({"sources": {"web": [{"start": "index.html"}]}})
 
 
+def test_browser_mode_needs_a_browser() -> None:
+    """Without either, the crawl launched a program called "None" and failed per page."""
+    with pytest.raises(ConfigError, match=r"sources\.web\.0.*needs cdp_url .* or chromium_path"):
+        validate_config({"sources": {"web": [{"start": "http://127.0.0.1/", "browser": True}]}})
+
+
 def test_file_errors_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "run.yaml"
     path.write_text("parameters:\n  config:\n    sources: {files: [x]}\n    modle: {}\n")

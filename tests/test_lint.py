@@ -18,11 +18,13 @@ DOCKERFILES = sorted(str(p) for p in (REPO / "docker").glob("Dockerfile*"))
     "command",
     [
         ["ruff", "check", "."],
+        # qaforge/ and serving/, as pyproject's [tool.mypy] says.
+        ["mypy"],
         # Checks expressions, job needs and action inputs, and flags actions on a runtime GitHub removed.
         ["actionlint", *WORKFLOWS],
         ["hadolint", "--failure-threshold", "info", *DOCKERFILES],
     ],
-    ids=["ruff", "actionlint", "hadolint"],
+    ids=["ruff", "mypy", "actionlint", "hadolint"],
 )
 def test_linter_finds_nothing(command: list[str]) -> None:
     result = subprocess.run([str(BIN / command[0]), *command[1:]], cwd=REPO, capture_output=True, text=True)

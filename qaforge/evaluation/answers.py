@@ -26,7 +26,7 @@ from qaforge.fsutil import folder_sha256, write_atomic
 from qaforge.generation import Sampling, generate
 from qaforge.hardware import Machine, decide
 from qaforge.prompting import encode_prompt
-from qaforge.records import ModelRef, ModelsUri, QAPair, is_mlflow_uri
+from qaforge.records import ModelLabel, ModelRef, ModelsUri, QAPair, is_mlflow_uri
 from qaforge.served import Answering, LoadedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Answers(BaseModel):
 class Ask:
     """One system's questions of one set, as its model is asked them."""
 
-    key: tuple[str, str]  # (question set or "guard", system label)
+    key: tuple[str, ModelLabel]  # (question set or "guard", system)
     conversations: list[Conversation]
     references: list[str] | None
     max_new_tokens: int
@@ -149,7 +149,8 @@ class LazyModel:
     answers are all cached is never loaded."""
 
     def __init__(self, ref: ModelRef, cfg: EvaluationConfig) -> None:
-        self.ref, self.cfg, self.loaded = ref, cfg, None
+        self.ref, self.cfg = ref, cfg
+        self.loaded: LoadedModel | None = None
         self.fingerprint = model_fingerprint(ref, cfg)
 
     def get(self) -> LoadedModel:
@@ -164,7 +165,7 @@ def latencies(model: LoadedModel, prompts: list[list[int]], max_new_tokens: int)
 
 
 def answer(model: LazyModel, asks: list[Ask], batch_size: int, cache: AnswerCache
-           ) -> dict[tuple[str, str], tuple[Answers, bool]]:
+           ) -> dict[tuple[str, ModelLabel], tuple[Answers, bool]]:
     """Each ask's answers, and whether they came from the cache. Whatever is not cached
     goes through the engine in one stream, so the batch stays full from the first
     question to the last, whichever set or system it belongs to. Latency is measured
@@ -194,9 +195,9 @@ def answer(model: LazyModel, asks: list[Ask], batch_size: int, cache: AnswerCach
     for ask in asks:
         if ask.latency:
             loaded = model.get()
-            prompts = [encode_prompt(loaded.tokenizer, c) for c in ask.conversations[: ask.latency]]
+            alone = [encode_prompt(loaded.tokenizer, c) for c in ask.conversations[: ask.latency]]
             answers, hit = found[ask.key]
-            found[ask.key] = (answers.model_copy(update={"latency_ms": latencies(loaded, prompts, ask.max_new_tokens)}),
+            found[ask.key] = (answers.model_copy(update={"latency_ms": latencies(loaded, alone, ask.max_new_tokens)}),
                               hit)
     return found
 

@@ -12,14 +12,14 @@ import asyncio
 import json
 import logging
 from statistics import mean
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, create_model
 from tqdm import tqdm
 
 from qaforge.chat_client import ChatClient, Usage
-from qaforge.config import EvaluationConfig, JudgeConfig
+from qaforge.config import EvaluationConfig, JudgeConfig, JudgeMode
 from qaforge.evaluation.metrics import mean_gain
 from qaforge.records import PairwiseResult, SetReport
 
@@ -50,7 +50,8 @@ class Preference(BaseModel):
 
 def rubric_schema(criteria: list[str]) -> type[BaseModel]:
     """A schema requiring every criterion, each an integer 1-5."""
-    return create_model("RubricScores", **{c: (int, Field(ge=1, le=5)) for c in criteria})
+    fields: dict[str, Any] = {c: (int, Field(ge=1, le=5)) for c in criteria}
+    return create_model("RubricScores", **fields)
 
 
 def _run(jobs: list, cfg: JudgeConfig, desc: str) -> tuple[list, Usage]:
@@ -132,12 +133,13 @@ def pairwise(
 def judge_set(scores: SetReport, gated: str, baseline: str, cfg: EvaluationConfig) -> SetReport:
     """A question set with the judge's rubric scores (and a CI on the gated system's
     gain over the baseline) and its pairwise preferences between the two."""
-    judge = cfg.judge
+    if (judge := cfg.judge) is None:
+        return scores
     rows = scores.rows[: judge.max_examples] if judge.max_examples else scores.rows
     questions, references = [r.question for r in rows], [r.reference for r in rows]
     comparisons, metrics = list(scores.comparisons), {k: dict(v) for k, v in scores.metrics.items()}
     preferences = None
-    if "rubric" in judge.modes:
+    if JudgeMode.RUBRIC in judge.modes:
         means: dict[str, np.ndarray] = {}
         for label in scores.metrics:
             rubric = rubric_scores(questions, references, [r.answers[label] for r in rows], judge)
@@ -147,7 +149,7 @@ def judge_set(scores: SetReport, gated: str, baseline: str, cfg: EvaluationConfi
                 metrics[label][f"judge_{criterion}"] = mean(s[criterion] for s in rubric)
         comparisons.append(mean_gain("judge", means[gated], means[baseline], (gated, baseline),
                                      cfg.bootstrap_samples, cfg.confidence))
-    if "pairwise" in judge.modes:
+    if JudgeMode.PAIRWISE in judge.modes:
         preferences = pairwise(questions, references, [r.answers[gated] for r in rows],
                                [r.answers[baseline] for r in rows], judge, (gated, baseline))
         metrics[gated]["judge_win_rate"] = preferences.wins / preferences.n

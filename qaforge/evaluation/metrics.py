@@ -14,6 +14,7 @@ import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from rouge_score import rouge_scorer
@@ -189,8 +190,8 @@ def compare(
     return [
         paired_bootstrap(
             name,
-            lambda idx, name=name: a.value(name, idx),
-            lambda idx, name=name: b.value(name, idx),
+            partial(a.value, name),
+            partial(b.value, name),
             n,
             labels,
             samples,

@@ -58,7 +58,7 @@ def systems(candidate: ModelRef, base: ModelRef, production: System | None, clos
     return chosen | (other if compare_modes else {}), gated, baseline
 
 
-def by_source(pairs: list[QAPair], scored: dict[str, Scored], metric: str) -> dict[str, dict[str, float]]:
+def by_source(pairs: list[QAPair], scored: dict[ModelLabel, Scored], metric: str) -> dict[str, dict[str, float]]:
     sources: dict[str, list[int]] = {}
     for i, pair in enumerate(pairs):
         sources.setdefault(pair.source, []).append(i)
@@ -82,7 +82,7 @@ def refusal_rates(answers: list[str], pairs: list[QAPair]) -> dict[str, float]:
 def retrieval_recall(questions: Questions, systems: dict[ModelLabel, System]) -> float | None:
     """Share of the set's questions whose source chunk the served retrieval finds."""
     answering = next((s.answering for s in systems.values() if s.answering.retrieves), None)
-    if answering is None:
+    if answering is None or answering.retriever is None:
         return None
     return answering.retriever.recall([conversation_query(messages_of(p)) for p in questions.pairs],
                                       [p.chunk_id for p in questions.pairs], answering.top_k)

@@ -108,7 +108,7 @@ def gate_set(sets: dict[str, Questions], gate_on: str, confidence: float) -> tup
     note = (f"The {gate_on} set has {wanted.describe()}: too few for a {confidence:.0%} interval to mean anything "
             f"(it takes {need}: with fewer, even a system better on every one of them is not significantly "
             "better by a sign test).")
-    rank = {QuestionSet.TEST: 1, QuestionSet.KNOWLEDGE: 2}
+    rank: dict[str, int] = {QuestionSet.TEST: 1, QuestionSet.KNOWLEDGE: 2}
     fallbacks = sorted((name for name, q in sets.items()
                         if name not in (gate_on, QuestionSet.MEMORISATION) and q.units >= need),
                        key=lambda name: rank.get(name, 0))

@@ -31,7 +31,7 @@ def strip_chrome(html: str) -> str:
     for tag in soup.find_all(True):
         if tag.decomposed or tag.name in ("html", "body", "main", "article"):
             continue
-        marker = " ".join([tag.get("id") or "", *(tag.get("class") or []), tag.get("role") or ""])
+        marker = " ".join(str(v) for a in ("id", "class", "role") for v in tag.get_attribute_list(a) if v)
         if _BANNER.search(marker):
             tag.decompose()
     return str(soup)

@@ -105,6 +105,7 @@ def launched_chromium(path: Path) -> Iterator[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert process.stderr is not None  # stderr=PIPE
     try:
         for line in process.stderr:
             if match := re.search(r"DevTools listening on (ws://\S+)", line):
@@ -225,7 +226,11 @@ async def _crawler(source: WebSource, downloads: Path) -> AsyncIterator[Any]:
     os.environ.setdefault("CRAWL4AI_NO_CLOUD_NOTICE", "1")
     with contextlib.ExitStack() as stack:
         if source.browser:
-            cdp_url = source.cdp_url or stack.enter_context(launched_chromium(source.chromium_path))
+            if source.cdp_url:
+                cdp_url = source.cdp_url
+            else:
+                assert source.chromium_path is not None  # WebSource asks browser mode for one of the two
+                cdp_url = stack.enter_context(launched_chromium(source.chromium_path))
             crawler = AsyncWebCrawler(
                 config=BrowserConfig(
                     browser_mode="cdp", cdp_url=cdp_url, accept_downloads=True,
@@ -290,8 +295,10 @@ async def _crawl(source: WebSource, start_url: str, downloads: Path) -> CrawlOut
                 return exc.failure
             finally:
                 progress.update()
+            raise AssertionError("each try returns or raises, and the last one's error is re-raised")
 
-    seeds, sitemap_failures = [start_url], []
+    seeds = [start_url]
+    sitemap_failures: list[IngestFailure] = []
     if source.sitemap:
         found, sitemap_failures = await asyncio.to_thread(sitemap_urls, start_url, source.timeout_seconds)
         seeds += found

@@ -31,6 +31,8 @@ def candidate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[Candid
     """Candidate pairs from the configured generator, and its usage counts."""
     found: list[Candidate] = []
     if cfg.generator is Generator.TEACHER:
+        if cfg.teacher is None:  # SynthesisConfig refuses this; a config built without validation may not
+            raise ValueError("synthesis.generator is 'teacher' but there is no synthesis.teacher section")
         by_chunk, usage = teacher_pairs(
             chunks.chunks, cfg.teacher, Path(cfg.cache_dir) / "teacher", cfg.answer_style.wording
         )

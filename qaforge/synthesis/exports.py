@@ -31,7 +31,7 @@ def write_exports(data: QADataset, system_prompt: str | None, out_dir: Path) -> 
     for split in SPLITS:
         pairs: list[QAPair] = getattr(data, split)
         provenance = [{"chunk_id": p.chunk_id, "source": p.source, "kind": p.kind} for p in pairs]
-        files = {
+        files: dict[str, list[dict]] = {
             f"{split}.messages.jsonl": [
                 {"messages": _messages(p, system_prompt), **meta} for p, meta in zip(pairs, provenance)
             ],
@@ -61,7 +61,7 @@ def dataset_card(data: QADataset, examples: int = 3) -> str:
         "| split | pairs | documents | sources |",
         "|---|---|---|---|",
     ]
-    held = {name: data.question_set(name) for name in (QuestionSet.KNOWLEDGE, QuestionSet.MEMORISATION)}
+    held: dict[str, list[QAPair]] = {name: data.question_set(name) for name in (QuestionSet.KNOWLEDGE, QuestionSet.MEMORISATION)}
     for name, pairs in {**splits, **held}.items():
         lines.append(f"| {name} | {len(pairs)} | {len({p.doc_id for p in pairs})} | {len({p.source for p in pairs})} |")
     lines += ["", "knowledge (evaluation only): questions about training documents held out with every phrasing, whose "

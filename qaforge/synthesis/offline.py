@@ -190,9 +190,9 @@ def follow_ups_for_chunk(chunk: Chunk) -> list[tuple[str, str, Turn]]:
     found: list[tuple[str, str, Turn]] = []
     for sentence in sentences(chunk.text):
         words = sentence.split()
-        if (pair := _definition(sentence)) is not None:
+        if (match := _DEFINITION.match(sentence)) and (pair := _definition(sentence)) is not None:
             previous = Turn(question=pair[0][0], answer=pair[1])
-            defined[_without_article(_DEFINITION.match(sentence)["term"])] = previous
+            defined[_without_article(match["term"])] = previous
             continue
         if previous and len(words) > 3 and words[0] in ("It", "They") and words[1] in FACT_VERBS:
             auxiliary = "does" if words[0] == "It" else "do"

@@ -86,6 +86,8 @@ def cache_key(chunk: Chunk, cfg: TeacherConfig, answer_style: str) -> str:
 
 
 class TeacherClient(ChatClient):
+    cfg: TeacherConfig
+
     def __init__(self, cfg: TeacherConfig, usage: Usage, answer_style: str) -> None:
         super().__init__(cfg, usage)
         self.answer_style = answer_style

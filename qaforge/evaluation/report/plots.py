@@ -17,7 +17,7 @@ from qaforge.records import Interval, ModelLabel, Resampling
 
 DPI = 100  # Fixed, so the PNGs (embedded in the HTML as base64) stay small.
 # One colour per system, the same in every plot whatever order the systems come in.
-COLORS = {
+COLORS: dict[str, str] = {
     ModelLabel.BASE: "#9aa5b1", ModelLabel.CANDIDATE: "#2b6cb0", ModelLabel.PRODUCTION: "#dd6b20",
     ModelLabel.BASE_RETRIEVAL: "#4a5568", ModelLabel.CANDIDATE_RETRIEVAL: "#6b46c1",
 }

@@ -30,7 +30,7 @@ from qaforge.records import (
 )
 
 # What each of qaforge's own sets measures; any other set is a gold set written by people.
-SET_MEANINGS = {
+SET_MEANINGS: dict[str, str] = {
     QuestionSet.TEST: "questions about documents no model trained on (reading and style)",
     QuestionSet.KNOWLEDGE: "facts of training documents, asked and answered in words never trained on "
     "(did the model learn the fact, or can it read it from the passages?)",
