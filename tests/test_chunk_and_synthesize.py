@@ -11,7 +11,7 @@ from qaforge.synthesis.filters import QuestionIndex, grounding, malformed
 from qaforge.synthesis.offline import follow_ups_for_chunk, pairs_for_chunk, sentences, styled
 from qaforge.synthesis.split import split_by_document
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_chunks_carry_provenance_and_fit_the_token_budget(sample_corpus, sample_chunks) -> None:

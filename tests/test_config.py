@@ -7,9 +7,7 @@ import yaml
 
 from qaforge.config import ConfigError, QAForgeConfig, load_config, validate_config
 
-from conftest import run_cli
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, run_cli
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml", "teacher.yaml", "faq.yaml", "manual.yaml"])

@@ -17,8 +17,8 @@ import pytest
 from qaforge.config import RegistryConfig
 from qaforge.records import EvalMetric
 
-from conftest import BIN, run_cli, user_project, write_run_config
 from fixture_site import free_port, wait_for_health
+from helpers import BIN, run_cli, user_project, write_run_config
 
 pytestmark = pytest.mark.e2e
 TOKEN = "demo-token"

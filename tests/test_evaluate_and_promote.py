@@ -45,8 +45,8 @@ from qaforge.registry import move_aliases, production_model
 from qaforge.served import Answering, load_model, logged_answering
 from qaforge.tracking import RegistryError, version_by_alias_from
 
-from conftest import REPO
 from fixture_site import serve_error
+from helpers import REPO
 
 
 def interval(low: float, high: float, a: float = 0.40, b: float = 0.30, **kwargs: object) -> Interval:
@@ -344,7 +344,7 @@ def test_evaluation_answers_what_the_server_answers(base_model_dir: str, sample_
     from serving.app import create_app
     from serving.settings import ServeSettings
 
-    from conftest import running
+    from helpers import running
 
     index = Retriever.build(sample_chunks)
     previous = mlflow.get_tracking_uri()

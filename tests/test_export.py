@@ -19,7 +19,7 @@ from qaforge.modeling import generate_answers, load_tokenizer
 from qaforge.prompting import build_messages, render_prompt, with_system_prompt
 from qaforge.retrieval import Retriever
 
-from conftest import BIN, REPO
+from helpers import BIN, REPO
 
 pytestmark = pytest.mark.slow
 

@@ -164,7 +164,7 @@ def test_doctor_command_runs_on_this_machine() -> None:
 
     from qaforge.cli import main
 
-    from conftest import REPO
+    from helpers import REPO
 
     result = CliRunner().invoke(main, ["doctor", "-c", str(REPO / "configs" / "default.yaml")])
     assert result.exit_code == 0, result.output

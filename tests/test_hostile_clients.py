@@ -24,7 +24,7 @@ from serving.keys import create_key
 from serving.protocol import MAX_STOP_SEQUENCES
 from serving.settings import ServeSettings
 
-from conftest import running
+from helpers import running
 
 STOP_CHARS = 48
 MAX_TOKENS = 64

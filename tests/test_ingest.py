@@ -18,8 +18,8 @@ from qaforge.ingest import fingerprint, ingest
 from qaforge.sources.cleaning import normalize_text, remove_blocks, repeated_blocks, strip_chrome
 from qaforge.sources.web import serve_directory
 
-from conftest import SAMPLE
 from fixture_site import FixtureSite
+from helpers import SAMPLE
 
 INSTALL_TEXT = [
     "Mount the wall charger between 0.6 m and 1.2 m above the floor of the garage.",

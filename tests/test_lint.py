@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, REPO
+from helpers import BIN, REPO
 
 WORKFLOWS = sorted(str(p) for p in (REPO / ".github" / "workflows").glob("*.yml"))
 DOCKERFILES = sorted(str(p) for p in (REPO / "docker").glob("Dockerfile*"))

@@ -19,8 +19,8 @@ import yaml
 
 from qaforge.records import EvalMetric, ModelLabel
 
-from conftest import BIN, run_cli, user_project, write_run_config
 from fixture_site import free_port, wait_for_health
+from helpers import BIN, run_cli, user_project, write_run_config
 
 pytestmark = pytest.mark.e2e
 CACHED_STEPS = ["chunk_step", "index_step", "synthesize_step", "train_step", "evaluate_step", "register_step", "promote_step"]

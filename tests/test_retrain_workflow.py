@@ -14,7 +14,7 @@ import yaml
 
 from qaforge.cli import SourcesCheck
 
-from conftest import BIN, REPO
+from helpers import BIN, REPO
 
 
 def sources_step() -> str:

@@ -29,7 +29,7 @@ from qaforge.retrieval import Retriever
 from qaforge.served import Answering
 from qaforge.training import Example, examples, with_passages
 
-from conftest import REPO, running
+from helpers import REPO, running
 
 SYSTEM = "Answer briefly."
 

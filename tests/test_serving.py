@@ -31,8 +31,8 @@ from serving.keys import create_key, revoke_key
 from serving.models import load_model
 from serving.settings import ServeSettings
 
-from conftest import REPO, running
 from fixture_site import free_port, wait_for_health
+from helpers import REPO, running
 
 QUESTION = [{"role": "user", "content": "What is a Level 2 charger?"}]
 

@@ -24,8 +24,8 @@ from qaforge.cli import SourcesCheck
 from qaforge.export import CLOSED_BOOK_NOTE
 from qaforge.records import EvalMetric, ModelLabel
 
-from conftest import BIN, REPO, SAMPLE, run_cli
 from fixture_site import free_port, wait_for_health
+from helpers import BIN, REPO, SAMPLE, run_cli
 
 pytestmark = pytest.mark.e2e
 TOKEN = "shared-stack-token"

@@ -34,7 +34,7 @@ from qaforge.training import (
     training_compute,
 )
 
-from conftest import REPO
+from helpers import REPO
 
 FACTS = [
     ("What is the depot code?", "The depot code is blue heron 42."),
