@@ -95,10 +95,9 @@ def stack_facts(found: list[str]) -> list[tuple[str, str]]:
         return [("ZenML", "not installed (serving-only install; `pip install '.[pipeline]'` to run pipelines)")]
     from qaforge.tracking import StackError, tracking_uri
 
-    stack = Client().active_stack_model
-    facts = [("ZenML stack", stack.name)]
     try:
-        facts.append(("MLflow tracking URI", tracking_uri()))
+        uri = tracking_uri()  # first: it activates the qaforge stack if the checkout lost it
     except StackError as exc:
         found.append(str(exc))
-    return facts
+        return [("ZenML stack", Client().active_stack_model.name)]
+    return [("ZenML stack", Client().active_stack_model.name), ("MLflow tracking URI", uri)]

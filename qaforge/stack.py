@@ -10,7 +10,7 @@ from pathlib import Path
 from zenml.client import Client
 from zenml.enums import StackComponentType
 
-from qaforge.tracking import StackError
+from qaforge.tracking import StackError, remember_stack
 
 TRACKER = "mlflow_tracker"
 REGISTRY = "mlflow_registry"
@@ -82,4 +82,5 @@ def setup_stack(name: str = "qaforge", root: Path | None = None, tracking_uri: s
         if any(current.get(kind) != wanted for kind, wanted in mlflow.items()):
             client.update_stack(name, component_updates={kind: [wanted] for kind, wanted in mlflow.items()})
     client.activate_stack(name)
+    remember_stack(client, name)
     return name

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+# In the checkout's .zen folder: ZenML store URL -> the stack `qaforge setup` made in it.
+STACKS_FILE = "qaforge-stacks.json"
 
 
 class StackError(RuntimeError):
@@ -14,10 +21,57 @@ class RegistryError(RuntimeError):
     whatever needed its answer stops, since it cannot tell what is in production."""
 
 
-def model_registry() -> Any:
-    from zenml.client import Client
+def _stacks_file(root: Path) -> Path:
+    return root / ".zen" / STACKS_FILE
 
-    stack = Client().active_stack
+
+def _set_up_stacks(root: Path | None) -> dict[str, str]:
+    path = _stacks_file(root) if root else None
+    return json.loads(path.read_text()) if path and path.exists() else {}
+
+
+def remember_stack(client: Any, name: str) -> None:
+    """Record that `name` is this checkout's qaforge stack in the client's store."""
+    if client.root is None:
+        return
+    stacks = _set_up_stacks(client.root) | {client.zen_store.url: name}
+    _stacks_file(client.root).write_text(json.dumps(stacks, indent=2) + "\n")
+
+
+def active_stack() -> Any:
+    """The active ZenML stack, once it has an MLflow experiment tracker and model registry.
+
+    ZenML keeps one active stack per checkout, not per store: any ZenML command run
+    here against another store (another ZENML_CONFIG_PATH, a `zenml login` and back)
+    resets it to `default`. Then the stack `qaforge setup` made for the store in use is
+    activated again, with a warning that says so; without one, the error names the store."""
+    from zenml.client import Client
+    from zenml.enums import StackComponentType
+
+    client = Client()
+    current = client.active_stack_model
+    needed = (StackComponentType.EXPERIMENT_TRACKER, StackComponentType.MODEL_REGISTRY)
+    if all(current.components.get(kind) for kind in needed):
+        return client.active_stack
+    store = client.zen_store.url
+    wanted = _set_up_stacks(client.root).get(store)
+    if wanted is None:
+        raise StackError(f"the active ZenML stack '{current.name}' has no MLflow experiment tracker and model "
+                         f"registry, and `qaforge setup` has not made a stack in the ZenML store {store} from "
+                         "this checkout; run `qaforge setup`")
+    try:
+        client.activate_stack(wanted)
+    except KeyError as exc:
+        raise StackError(f"the stack '{wanted}' that `qaforge setup` made in the ZenML store {store} is gone; "
+                         "run `qaforge setup`") from exc
+    log.warning("activated the ZenML stack '%s' that `qaforge setup` made in the store %s: this checkout's active "
+                "stack had become '%s' (ZenML does that when the checkout is used with another store)",
+                wanted, store, current.name)
+    return client.active_stack
+
+
+def model_registry() -> Any:
+    stack = active_stack()
     if stack.model_registry is None:
         raise StackError(
             f"the active ZenML stack '{stack.name}' has no model registry; run `qaforge setup`"
@@ -58,9 +112,7 @@ def version_by_alias(name: str, alias: str) -> Any | None:
 
 
 def tracking_uri() -> str:
-    from zenml.client import Client
-
-    tracker = Client().active_stack.experiment_tracker
+    tracker = active_stack().experiment_tracker
     if tracker is None or not hasattr(tracker, "get_tracking_uri"):
         raise StackError("the active ZenML stack has no MLflow experiment tracker; run `qaforge setup`")
     return tracker.get_tracking_uri()
