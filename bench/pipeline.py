@@ -1,11 +1,14 @@
 """What a run costs: the default pipeline cold (each step's time, and evaluation's share),
 again with nothing changed, and again after one page of the site was edited, each after
 `qaforge sources-changed` (the check a scheduled retrain makes first), in a fresh
-project and ZenML store. The dequantized base model is shared with the repository's
+project and ZenML store. `--fresh-runner` runs the edited page as a scheduled run on a
+new CI runner does instead: a new ZenML store (no step cache, no runs) with the
+project's caches restored as retrain.yml restores them (all but the checkpoints). The dequantized base model is shared with the repository's
 cache (a one-time set-up, not a run). `--avx2` runs everything as on a CPU without
 AVX512 and native bf16 (the emulation flags of shared/DESIGN.md).
 
-    python bench/pipeline.py [--config configs/default.yaml] [--page index.html] [--cold-only] [--avx2]
+    python bench/pipeline.py [--config configs/default.yaml] [--page index.html] [--cold-only | --fresh-runner]
+                             [--avx2]
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.yaml")
     parser.add_argument("--page", default="index.html", help="The page of the served site to edit.")
     parser.add_argument("--cold-only", action="store_true", help="Only the cold run.")
+    parser.add_argument("--fresh-runner", action="store_true",
+                        help="Cold, then the edited page on a new ZenML store with the project's caches restored.")
     parser.add_argument("--avx2", action="store_true", help="Emulate an AVX2-only CPU (no native bf16).")
     parser.add_argument("--log", type=Path, help="Also write each run's whole output here.")
     args = parser.parse_args()
@@ -68,8 +73,15 @@ def main() -> None:
     assert code == 0, out
 
     rows = []
-    for label in ("cold",) if args.cold_only else ("cold", "nothing changed", f"{args.page} edited"):
-        if label.endswith("edited"):
+    labels = ["cold"] if args.cold_only else ["cold", f"{args.page} edited, fresh runner"] if args.fresh_runner \
+        else ["cold", "nothing changed", f"{args.page} edited"]
+    for label in labels:
+        if label.endswith("fresh runner"):
+            env = env | {"ZENML_CONFIG_PATH": str(project / "zenml-new-runner")}
+            _, code, out = timed("qaforge", "setup", "-c", "run.yaml", cwd=project, env=env)
+            assert code == 0, out
+            shutil.rmtree(project / ".qaforge" / "train")
+        if "edited" in label:
             page = project / site / args.page
             page.write_text(page.read_text().replace(
                 "</body>", "<p>From March, every public charger in the network accepts contactless payment.</p></body>"))

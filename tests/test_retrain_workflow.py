@@ -17,9 +17,12 @@ from qaforge.cli import SourcesCheck
 from helpers import BIN, REPO
 
 
+def retrain_steps() -> list[dict]:
+    return yaml.safe_load((REPO / ".github" / "workflows" / "retrain.yml").read_text())["jobs"]["retrain"]["steps"]
+
+
 def sources_step() -> str:
-    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "retrain.yml").read_text())
-    [step] = [s for s in workflow["jobs"]["retrain"]["steps"] if s.get("id") == "sources"]
+    [step] = [s for s in retrain_steps() if s.get("id") == "sources"]
     return step["run"]
 
 
@@ -65,3 +68,27 @@ def test_only_the_two_answers_decide(tmp_path: Path, status: int, decided: str |
         assert code != 0 and written == "" and f"(exit {int(status)})" in output, output
     else:
         assert code == 0 and written == decided, output
+
+
+@pytest.mark.parametrize("config", ["default.yaml", "faq.yaml", "manual.yaml", "teacher.yaml"])
+def test_a_scheduled_run_starts_from_the_last_runs_caches(config: str) -> None:
+    """Each fresh runner used to start cold: re-crawl, re-convert, re-ask the base model
+    (issue 23, finding 8). The workflow restores the project's cache folder before it
+    checks the sources, and every cache the config names lies inside it, apart from the
+    checkpoints it leaves out."""
+    from qaforge.config import load_config
+
+    steps = retrain_steps()
+    [cache] = [s for s in steps if s.get("uses", "").startswith("actions/cache@")]
+    assert steps.index(cache) < next(i for i, s in enumerate(steps) if s.get("id") == "sources")
+    paths = cache["with"]["path"].split()
+    kept = [Path(p) for p in paths if not p.startswith("!")]
+    left_out = [Path(p[1:]) for p in paths if p.startswith("!")]
+    assert cache["with"]["key"].endswith("${{ github.run_id }}"), "a fixed key is saved once and never updated"
+    cfg = load_config(REPO / "configs" / config)
+    caches = {"ingest": cfg.sources.state_dir, "models": cfg.model.cache_dir, "chunks": cfg.chunking.cache_dir,
+              "synthesis": cfg.synthesis.cache_dir, "answers": cfg.evaluation.cache_dir}
+    for name, folder in caches.items():
+        assert folder is not None and any(folder.is_relative_to(p) for p in kept), (name, folder, kept)
+        assert not any(folder.is_relative_to(p) for p in left_out), (name, folder)
+    assert any(cfg.training.output_dir.is_relative_to(p) for p in left_out), cfg.training.output_dir
