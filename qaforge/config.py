@@ -416,7 +416,11 @@ class EvaluationConfig(InferenceOptions):
     batch_size: int = Field(
         default=64, ge=1, description="Questions generated together, grouped by prompt length (greedy either way)."
     )
-    max_examples: int | None = Field(default=None, ge=1)
+    max_examples: int | None = Field(
+        default=None, ge=1,
+        description="Score at most this many test questions, spread evenly over the split's documents (None: all). "
+        "The test split grows with the corpus, and so does evaluation's time (bench/scale.py).",
+    )
     primary_metric: Metric = Metric.ROUGE_L
     bootstrap_samples: int = Field(default=1000, ge=100, description="Paired bootstrap resamples.")
     confidence: float = Field(default=0.95, gt=0.5, lt=1)

@@ -7,14 +7,22 @@ rebuilds both files from it. Output is deterministic: the PDF is written in
 reportlab's invariant mode and the DOCX gets fixed core properties and fixed zip
 timestamps, so a rerun produces byte-identical files.
 
+It also writes a generated site of any size for the scaling benchmark
+(bench/scale.py): a city's park guide, one page per park, each with its own facts
+(figures, years, names drawn from a seeded generator), linked from index pages of 50.
+
 Usage::
 
     python scripts/make_sample_docs.py
+    python scripts/make_sample_docs.py --site 1000 --out /tmp/parks
 """
 
 from __future__ import annotations
 
+import argparse
+import html
 import io
+import random
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -431,7 +439,85 @@ def write_docx(doc: SampleDoc, path: Path) -> None:
     path.write_bytes(_normalize_zip(buffer.getvalue()))
 
 
+_PARK_WORDS = (
+    "Willow Brook Cedar Hollow Maple Ridge Heron Lake Fox Meadow Stone Bridge Lark Hill Ash Grove Otter Creek "
+    "Birch Glen Falcon Point Juniper Vale Elm Crossing Rowan Field Aspen Bay Clover Down Pine Bluff Wren Marsh"
+).split()
+_FACILITIES = ("a playground", "tennis courts", "a dog run", "a boating pond", "a skate park", "picnic shelters",
+               "a splash pad", "a community garden", "an outdoor gym", "a bandstand", "a nature trail",
+               "basketball courts", "a cafe", "public toilets", "a bicycle repair stand")
+_TREES = ("oaks", "lindens", "plane trees", "beeches", "chestnuts", "silver birches", "cherry trees", "yews")
+
+
+def park_page(number: int, rng: random.Random) -> tuple[str, str]:
+    """(name, HTML) of one park's page: facts a question can be asked about."""
+    name = f"{rng.choice(_PARK_WORDS)} {rng.choice(_PARK_WORDS)} Park No. {number}"
+    opened, area = rng.randint(1850, 2020), round(rng.uniform(0.4, 85.0), 1)
+    opens, closes = rng.randint(5, 8), rng.randint(19, 23)
+    trees, species = rng.randint(40, 4000), rng.choice(_TREES)
+    facilities = rng.sample(_FACILITIES, 4)
+    spaces, fee = rng.randint(0, 300), rng.choice((0, 1, 2, 3))
+    bus, minutes = rng.randint(1, 99), rng.randint(2, 25)
+    friends = f"{rng.choice(_PARK_WORDS)} Friends Association"
+    event, month = rng.choice(("summer concert", "tree planting day", "night walk", "plant sale")), rng.choice(
+        ("April", "May", "June", "July", "August", "September"))
+    body = f"""<h1>{name}</h1>
+<p>{name} opened in {opened} and covers {area} hectares. It is one of the city's public parks and
+is looked after by the parks department together with the {friends}.</p>
+<h2>Opening hours</h2>
+<p>The park is open every day from {opens}:00 to {closes}:00. The gates close
+{rng.randint(10, 30)} minutes earlier from November to February.</p>
+<h2>Trees and wildlife</h2>
+<p>About {trees} trees grow in the park, most of them {species}. The oldest tree was planted
+in {opened + rng.randint(0, 30)}. Volunteers count the birds in the park every spring.</p>
+<h2>Facilities</h2>
+<p>The park has {facilities[0]}, {facilities[1]}, {facilities[2]} and {facilities[3]}.
+Dogs must be kept on a lead near {facilities[0]}.</p>
+<h2>Getting there</h2>
+<p>Bus line {bus} stops at the main gate, and the nearest railway station is {minutes} minutes
+away on foot. {"There is no car park." if spaces == 0 else f"The car park has {spaces} spaces"
++ (" and is free." if fee == 0 else f" and costs {fee} euros per hour.")}</p>
+<h2>Events</h2>
+<p>The {friends} holds a {event} in the park every {month}. Everyone is welcome, and entry is free.</p>"""
+    return name, body
+
+
+def write_site(out: Path, pages: int, seed: int = 0) -> None:
+    """`pages` park pages under `out`, linked from `index.html` through index pages of 50."""
+    rng = random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    links: list[str] = []
+    for number in range(1, pages + 1):
+        name, body = park_page(number, rng)
+        page = f"park-{number:04d}.html"
+        (out / page).write_text(f"<!doctype html><html><head><title>{html.escape(name)}</title></head>"
+                                f"<body><main>{body}</main></body></html>\n")
+        links.append(f'<li><a href="{page}">{html.escape(name)}</a></li>')
+    # Index pages with a paragraph of their own: crawl4ai takes a page of links alone for
+    # an anti-bot placeholder and drops it.
+    about = (f"<p>The city's parks department looks after {pages} public parks. Each park has a page with its "
+             "opening hours, its trees, its facilities, how to get there and the events held in it. The parks "
+             "are listed in the order they were added to this guide, fifty to a page.</p>")
+    lists = [links[i: i + 50] for i in range(0, len(links), 50)]
+    for i, chunk in enumerate(lists, start=1):
+        (out / f"parks-{i:02d}.html").write_text(
+            f"<!doctype html><html><head><title>Parks, page {i}</title></head><body><main><h1>Parks, page {i}"
+            f"</h1>{about}<ul>{''.join(chunk)}</ul></main></body></html>\n")
+    index = "".join(f'<li><a href="parks-{i:02d}.html">Parks, page {i}</a></li>' for i in range(1, len(lists) + 1))
+    (out / "index.html").write_text("<!doctype html><html><head><title>City parks</title></head><body><main>"
+                                    f"<h1>City parks</h1>{about}<ul>{index}</ul></main></body></html>\n")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--site", type=int, help="Write a generated park guide of this many pages instead.")
+    parser.add_argument("--out", type=Path, help="Where the generated site goes.")
+    args = parser.parse_args()
+    if args.site:
+        if args.out is None:
+            parser.error("--site needs --out")
+        write_site(args.out, args.site)
+        return
     DOCS_DIR.mkdir(parents=True, exist_ok=True)
     write_pdf(INSTALLATION_GUIDE, DOCS_DIR / "charger-installation-guide.pdf")
     write_docx(FLEET_DEPOT, DOCS_DIR / "fleet-depot-charging.docx")
