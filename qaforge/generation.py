@@ -400,7 +400,7 @@ def new_cache(model: Weights) -> DynamicCache:
 def _kv_layers(cache: DynamicCache) -> list[Any]:
     """The cache's layers, whose `keys` and `values` the batch slices and joins.
     transformers types a layer as possibly a linear-attention state without keys; the
-    engine's caches (new_cache) hold key/value layers only."""
+    engine runs models whose every layer is attention (full or a sliding window)."""
     return list(cache.layers)
 
 
