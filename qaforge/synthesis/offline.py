@@ -139,7 +139,13 @@ def _defines(match: re.Match[str]) -> bool:
 
 def _definition(sentence: str) -> tuple[Phrasings, str] | None:
     match = _DEFINITION.match(sentence)
-    if not match or not _defines(match):
+    return _defining(match) if match else None
+
+
+def _defining(match: re.Match[str]) -> tuple[Phrasings, str] | None:
+    """The phrasings and answer of a sentence `_DEFINITION` matched, if it defines its term."""
+    sentence = match.string
+    if not _defines(match):
         return None
     verb = "are" if match["verb"] == "are" else "is"
     term = _lower_first(match["term"])
@@ -190,7 +196,7 @@ def follow_ups_for_chunk(chunk: Chunk) -> list[tuple[str, str, Turn]]:
     found: list[tuple[str, str, Turn]] = []
     for sentence in sentences(chunk.text):
         words = sentence.split()
-        if (match := _DEFINITION.match(sentence)) and (pair := _definition(sentence)) is not None:
+        if (match := _DEFINITION.match(sentence)) and (pair := _defining(match)) is not None:
             previous = Turn(question=pair[0][0], answer=pair[1])
             defined[_without_article(match["term"])] = previous
             continue
