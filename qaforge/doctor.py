@@ -95,9 +95,10 @@ def stack_facts(found: list[str]) -> list[tuple[str, str]]:
         return [("ZenML", "not installed (serving-only install; `pip install '.[pipeline]'` to run pipelines)")]
     from qaforge.tracking import StackError, tracking_uri
 
+    uri = None
     try:
         uri = tracking_uri()  # first: it activates the qaforge stack if the checkout lost it
     except StackError as exc:
         found.append(str(exc))
-        return [("ZenML stack", Client().active_stack_model.name)]
-    return [("ZenML stack", Client().active_stack_model.name), ("MLflow tracking URI", uri)]
+    facts = [("ZenML stack", Client().active_stack_model.name)]
+    return facts + [("MLflow tracking URI", uri)] if uri else facts

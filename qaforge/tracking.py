@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from qaforge.fsutil import write_atomic
+
 log = logging.getLogger(__name__)
 # In the checkout's .zen folder: ZenML store URL -> the stack `qaforge setup` made in it.
 STACKS_FILE = "qaforge-stacks.json"
@@ -35,7 +37,7 @@ def remember_stack(client: Any, name: str) -> None:
     if client.root is None:
         return
     stacks = _set_up_stacks(client.root) | {client.zen_store.url: name}
-    _stacks_file(client.root).write_text(json.dumps(stacks, indent=2) + "\n")
+    write_atomic(_stacks_file(client.root), json.dumps(stacks, indent=2) + "\n")
 
 
 def active_stack() -> Any:
