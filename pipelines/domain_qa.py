@@ -15,6 +15,7 @@ from qaforge.basemodel import base_identity
 from qaforge.config import config_digest, validate_config
 from qaforge.evaluation.sets import check_gold_sets
 from qaforge.logs import quiet_libraries
+from qaforge.sources.qa_files import read_qa_sources
 from steps.chunk import chunk_step
 from steps.evaluate import evaluate_step
 from steps.index import index_step
@@ -27,15 +28,16 @@ from steps.train import train_step
 
 @pipeline(model=Model(name="qaforge", description="Domain QA model fine-tuned by qaforge"))
 def domain_qa_pipeline(config: dict[str, Any]) -> None:
-    # The body runs when the pipeline is compiled, so a bad config or gold set fails
-    # here, before any step runs.
+    # The body runs when the pipeline is compiled, so a bad config, gold set or QA file
+    # fails here, before any step runs.
     cfg = validate_config(config)
     check_gold_sets(cfg.evaluation)
+    read_qa_sources(cfg.sources.qa)
     quiet_libraries(cfg.verbose)
-    corpus, _, fingerprint = ingest_step(cfg.sources)
+    corpus, imported, _, fingerprint = ingest_step(cfg.sources)
     chunks = chunk_step(corpus, cfg.chunking, cfg.model)
     index = index_step(chunks)
-    data = synthesize_step(chunks, cfg.synthesis, cfg.prompt)
+    data = synthesize_step(chunks, imported, cfg.synthesis, cfg.prompt)
     trained = train_step(data, index, cfg.model, cfg.training, cfg.prompt, cfg.retrieval)
     report = evaluate_step(data, trained, index, cfg.model, cfg.prompt, cfg.retrieval, cfg.evaluation, cfg.registry)
     # Tagged with what it was trained from, for `qaforge sources-changed`.

@@ -133,17 +133,21 @@ def doctor(config_path: Path) -> None:
 @main.command("check-config")
 @config_option
 def check_config(config_path: Path) -> None:
-    """Validate a run config without running anything: every key, and the checks
-    across sections (question sets, prompt and length budgets)."""
+    """Validate a run config without running anything: every key, the checks across
+    sections (question sets, prompt and length budgets), every line of the gold sets
+    and of the question-answer files."""
     from qaforge.evaluation.sets import check_gold_sets
+    from qaforge.sources.qa_files import read_qa_sources
 
     cfg = _load(config_path)
     try:
         check_gold_sets(cfg.evaluation)
+        imported = read_qa_sources(cfg.sources.qa)
     except ValueError as exc:
         click.echo(f"{config_path}: {exc}", err=True)
         sys.exit(2)
-    click.echo(f"{config_path}: ok; question sets: {', '.join(cfg.question_sets())}")
+    pairs = f"; {len(imported)} imported pairs" if cfg.sources.qa else ""
+    click.echo(f"{config_path}: ok; question sets: {', '.join(cfg.question_sets())}{pairs}")
 
 
 @main.command()

@@ -135,10 +135,41 @@ class WebSource(_Strict):
         return self
 
 
+class QAFormat(StrEnum):
+    """The shapes of existing question-answer data that `sources.qa` reads."""
+
+    MESSAGES = "messages"  # JSONL: {"messages": [{"role": ..., "content": ...}, ...]}, OpenAI's fine-tuning shape
+    CHATML = "chatml"  # JSONL: {"text": "<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\n...<|im_end|>"}
+    ALPACA = "alpaca"  # JSONL: {"instruction": ..., "input": ..., "output": ...}
+    CSV = "csv"  # a header row, then a pair per row
+
+
+class QASource(_Strict):
+    """A file of question-answer pairs a team already has: trained, split and evaluated
+    with the synthesized ones (each assistant turn of a conversation is one pair, its
+    earlier turns its history; system turns give way to `prompt.system_prompt`)."""
+
+    path: Path
+    format: QAFormat | None = Field(
+        default=None, description="Default: csv for a .csv file; otherwise messages, chatml or alpaca by the first "
+        "line's fields (messages, text, instruction).",
+    )
+    question_column: str = Field(default="question", description="CSV only: the questions' column.")
+    answer_column: str = Field(default="answer", description="CSV only: the answers' column.")
+    group_field: str = Field(
+        default="group", description="The field (CSV: column) naming what a pair is about, such as its page: pairs "
+        "of one group stay in one split. A pair without one is a group of its own.",
+    )
+
+
 class SourcesConfig(_Strict):
     web: list[WebSource] = Field(default_factory=list)
     files: list[Path] = Field(
         default_factory=list, description="Files or folders (walked recursively)."
+    )
+    qa: list[QASource] = Field(
+        default_factory=list, description="Existing question-answer pairs, added to the synthesized ones; retrieval "
+        "still needs documents (web or files).",
     )
     pdf_artifacts_path: Path | None = Field(
         default=None,
@@ -161,6 +192,10 @@ class SourcesConfig(_Strict):
     def _not_empty(self) -> SourcesConfig:
         if not self.web and not self.files:
             raise ValueError("name at least one web or files source")
+        names = [q.path.name for q in self.qa]
+        if len(set(names)) < len(names):
+            # A pair's document id is its file's name and its group, the same in any checkout.
+            raise ValueError(f"sources.qa names two files called {max(names, key=names.count)!r}: rename one")
         return self
 
 
@@ -684,7 +719,7 @@ def config_digest(cfg: QAForgeConfig, base_weights: str) -> str:
     any machine; different when any of those change."""
     data = cfg.model_dump(mode="json", exclude={
         "cache_dir": True, "serving": True, "verbose": True, "model": {"name_or_path", "gguf_file"},
-        "sources": {"files": True, "web": {"__all__": {"serve_dir", "chromium_path"}}},
+        "sources": {"files": True, "qa": {"__all__": {"path"}}, "web": {"__all__": {"serve_dir", "chromium_path"}}},
         "evaluation": {"report_dir", "gold", "general_qa"}, "training": {"replay"},
     })
     for section, key in CACHE_DIRS:

@@ -210,6 +210,11 @@ def _collect(collector: _Collector) -> None:
             _add_site(collector, outcome.pages, max_bytes)
     finally:
         shutil.rmtree(downloads, ignore_errors=True)
+    for qa in sources.qa:  # read by the synthesis step; their contents count as the sources' too
+        try:
+            collector.inputs[f"qa/{qa.path.name}"] = file_sha256(qa.path)
+        except OSError as exc:
+            raise OSError(f"sources.qa: cannot read {qa.path}: {exc.strerror or exc}") from exc
     for path in tqdm(list(iter_files(sources.files)), desc="convert files", unit="file"):
         try:
             digest = file_sha256(path)

@@ -149,6 +149,13 @@ class QAPair(BaseModel):
         return self.kind == UNANSWERABLE
 
 
+class ImportedPairs(BaseModel):
+    """The pairs of `sources.qa`, read at ingest (which always runs) so that an edited
+    file reaches synthesis even when the documents did not change."""
+
+    pairs: list[QAPair] = Field(default_factory=list)
+
+
 class QuestionSet(StrEnum):
     """The question sets qaforge makes; users' gold sets take any other name."""
 
@@ -387,6 +394,25 @@ class PromotionDecision(BaseModel):
     versus_base: Interval | None = None
     versus_production: Interval | None = None
     general_drop: float | None = Field(default=None, description="Base minus candidate general-QA accuracy.")
+
+
+def joined_text_parts(content: object) -> object:
+    """A chat message's `content` given as a list of text parts, as newer SDKs, many UIs
+    and fine-tuning files write it, is the text the parts make, joined by new lines as
+    vLLM joins them. A part the model cannot read (an image, audio, a file) is refused
+    by name."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for i, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text":
+            raise ValueError(f"part {i} is of type {kind!r}: this model reads text only, so `content` is a string "
+                             "or a list of {\"type\": \"text\", \"text\": ...} parts")
+        if not isinstance(part.get("text"), str):
+            raise ValueError(f"part {i} has no `text` string")
+        texts.append(part["text"])
+    return "\n".join(texts)
 
 
 class ConversationRecord(BaseModel):

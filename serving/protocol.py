@@ -21,6 +21,7 @@ from pydantic import (
 from starlette.exceptions import HTTPException
 
 from qaforge.config import ServingConfig
+from qaforge.records import joined_text_parts
 
 # OpenAI's limit on stop sequences.
 MAX_STOP_SEQUENCES = 4
@@ -45,24 +46,6 @@ class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
 
-def _joined_text_parts(content: object) -> object:
-    """`content` as a list of text parts, as newer SDKs and many UIs send it, is the text
-    the parts make, joined by new lines as vLLM joins them. A part the model cannot read
-    (an image, audio, a file) is refused by name."""
-    if not isinstance(content, list):
-        return content
-    texts = []
-    for i, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-        if kind != "text":
-            raise ValueError(f"part {i} is of type {kind!r}: this model reads text only, so `content` is a string "
-                             "or a list of {\"type\": \"text\", \"text\": ...} parts")
-        if not isinstance(part.get("text"), str):
-            raise ValueError(f"part {i} has no `text` string")
-        texts.append(part["text"])
-    return "\n".join(texts)
-
-
 TEXT_PARTS_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": {
     "type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
     "required": ["type", "text"]}}]}
@@ -70,7 +53,7 @@ TEXT_PARTS_SCHEMA = {"anyOf": [{"type": "string"}, {"type": "array", "items": {
 
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[Text, BeforeValidator(_joined_text_parts), WithJsonSchema(TEXT_PARTS_SCHEMA)]
+    content: Annotated[Text, BeforeValidator(joined_text_parts), WithJsonSchema(TEXT_PARTS_SCHEMA)]
 
     @field_validator("role")
     @classmethod

@@ -9,7 +9,8 @@ from zenml import step
 
 from qaforge.config import SourcesConfig
 from qaforge.ingest import ingest
-from qaforge.records import Corpus, IngestReport
+from qaforge.records import Corpus, ImportedPairs, IngestReport
+from qaforge.sources.qa_files import read_qa_sources
 
 
 def log_ingest_report(report: IngestReport) -> None:
@@ -40,8 +41,12 @@ def log_ingest_report(report: IngestReport) -> None:
 def ingest_step(
     sources: SourcesConfig,
 ) -> tuple[
-    Annotated[Corpus, "corpus"], Annotated[IngestReport, "ingest_report"], Annotated[str, "sources_fingerprint"]
+    Annotated[Corpus, "corpus"], Annotated[ImportedPairs, "imported_pairs"], Annotated[IngestReport, "ingest_report"],
+    Annotated[str, "sources_fingerprint"],
 ]:
+    imported = ImportedPairs(pairs=read_qa_sources(sources.qa))  # before the crawl: a bad line fails fast
     corpus, report = ingest(sources)
     log_ingest_report(report)
-    return corpus, report, report.fingerprint
+    if sources.qa:
+        mlflow.log_metric("ingest/imported_pairs", len(imported.pairs))
+    return corpus, imported, report, report.fingerprint

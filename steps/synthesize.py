@@ -9,7 +9,7 @@ import mlflow
 from zenml import step
 
 from qaforge.config import PromptConfig, SynthesisConfig
-from qaforge.records import ChunkSet, QADataset
+from qaforge.records import ChunkSet, ImportedPairs, QADataset
 from qaforge.synthesis import synthesize
 from qaforge.synthesis.exports import dataset_card, write_exports
 
@@ -30,7 +30,8 @@ def log_dataset(data: QADataset, system_prompt: str | None) -> None:
 
 
 @step(experiment_tracker=True)
-def synthesize_step(chunks: ChunkSet, synthesis: SynthesisConfig, prompt: PromptConfig) -> QADataset:
-    data = synthesize(chunks, synthesis)
+def synthesize_step(chunks: ChunkSet, imported: ImportedPairs, synthesis: SynthesisConfig, prompt: PromptConfig
+                    ) -> QADataset:
+    data = synthesize(chunks, synthesis, imported.pairs)
     log_dataset(data, prompt.system_prompt)
     return data

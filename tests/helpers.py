@@ -34,13 +34,15 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, ok: tuple[
 
 def user_project(root: Path, config: str) -> dict[str, Any]:
     """`configs/<config>` as a user's project at `root` holds it: the run config, with
-    its repository-relative sources and gold sets made absolute, the repo's model cache
+    its repository-relative sources, QA files and gold sets made absolute, the repo's model cache
     and training output under `root`. Written to `root/run.yaml` by `write_run_config`."""
     run_config = yaml.safe_load((REPO / "configs" / config).read_text())
     cfg = run_config["parameters"]["config"]
     for web in cfg["sources"].get("web", []):
         web["serve_dir"] = str(REPO / web["serve_dir"])
     cfg["sources"]["files"] = [str(REPO / f) for f in cfg["sources"].get("files", [])]
+    for qa in cfg["sources"].get("qa", []):
+        qa["path"] = str(REPO / qa["path"])
     for gold in cfg.get("evaluation", {}).get("gold", []):
         gold["path"] = str(REPO / gold["path"])
     cfg["model"] = cfg.get("model", {}) | {"cache_dir": str(REPO / ".qaforge" / "models")}

@@ -20,7 +20,7 @@ import yaml
 from qaforge.records import EvalMetric, ModelLabel
 
 from fixture_site import free_port, wait_for_health
-from helpers import BIN, run_cli, user_project, write_run_config
+from helpers import BIN, REPO, run_cli, user_project, write_run_config
 
 pytestmark = pytest.mark.e2e
 CACHED_STEPS = ["chunk_step", "index_step", "synthesize_step", "train_step", "evaluate_step", "register_step", "promote_step"]
@@ -29,9 +29,12 @@ TOKEN = "test-token-123"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A user's project folder: the smoke config pointing at the sample corpus."""
+    """A user's project folder: the smoke config pointing at the sample corpus, with
+    the support desk's question-answer pairs imported too."""
     root = tmp_path_factory.mktemp("project")
     run_config = user_project(root, "smoke.yaml")
+    run_config["parameters"]["config"]["sources"]["qa"] = [
+        {"path": str(REPO / "data" / "sample" / "support-answers.csv"), "group_field": "page"}]
     run_config["parameters"]["config"]["serving"] = {"reload_seconds": 1}
     write_run_config(root, run_config)
     return root
@@ -84,6 +87,11 @@ def test_pipeline_registers_and_promotes(project: Path, first_run: str) -> None:
     }
     assert not client.list_artifacts(run.info.run_id, "adapter"), "full fine-tuning has no adapter"
     assert "ingest/report.json" in {a.path for a in client.list_artifacts(run.info.run_id, "ingest")}
+    # The imported pairs went through the split like the synthesized ones, and were tracked with them.
+    assert metrics["ingest/imported_pairs"] == 10
+    dataset = {split: [json.loads(line) for line in Path(client.download_artifacts(
+        run.info.run_id, f"dataset/{split}.messages.jsonl")).read_text().splitlines()] for split in ("train", "test")}
+    assert any(row.get("kind") == "imported" for rows in dataset.values() for row in rows), dataset["train"][:1]
     assert run.data.metrics["ingest/changes/added"] == run.data.metrics["ingest/documents"] > 0
     assert run.data.tags["promotion.promoted"] == "True"
     report = next((project / "reports").glob("*/report.html")).read_text()

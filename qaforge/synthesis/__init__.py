@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,8 +160,11 @@ def hold_out_phrasings(train: list[QAPair], val: list[QAPair], test: list[QAPair
     )
 
 
-def synthesize(chunks: ChunkSet, cfg: SynthesisConfig) -> QADataset:
+def synthesize(chunks: ChunkSet, cfg: SynthesisConfig, imported: Sequence[QAPair] = ()) -> QADataset:
+    """The generator's pairs and the `imported` ones (sources.qa, taken as they are),
+    split by document, with the knowledge and memorisation sets held out of training."""
     pairs, dropped, stats = generate_pairs(chunks, cfg)
+    pairs += imported
     train, val, test = split_by_document(pairs, cfg)
     train, knowledge = hold_out_facts(train, cfg)
     train, val, test, memorisation = hold_out_phrasings(train, val, test)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from qaforge.prompting import build_messages
 from qaforge.records import QADataset, QAPair, QuestionSet
@@ -12,11 +13,14 @@ from qaforge.records import QADataset, QAPair, QuestionSet
 SPLITS = ("train", "val", "test")
 
 
-def _messages(pair: QAPair, system_prompt: str | None) -> list[dict[str, str]]:
-    return [
-        *build_messages(pair.question, system_prompt, pair.history),
-        {"role": "assistant", "content": pair.answer},
+def _messages(pair: QAPair, system_prompt: str | None) -> list[dict[str, Any]]:
+    """The conversation; earlier answers carry OpenAI's `"weight": 0`, since each is a
+    pair (and trained on) of its own."""
+    messages: list[dict[str, Any]] = [
+        {**m, "weight": 0} if m["role"] == "assistant" else m
+        for m in build_messages(pair.question, system_prompt, pair.history)
     ]
+    return [*messages, {"role": "assistant", "content": pair.answer}]
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
