@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import re
 import sys
 import time
 from enum import IntEnum
@@ -119,6 +120,49 @@ def report(config_path: Path, version: str | None, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = client.download_artifacts(found.run_id, "report", str(out))
     click.echo(f"Evaluation report of {name} v{found.version}: {path}")
+
+
+@main.command("evaluate")
+@config_option
+@click.option("--model", "models", multiple=True, metavar="MODEL",
+              help="A model folder, a models:/ or runs:/ URI, or 'base' (the configured base model alone); "
+                   "repeat to score several. Default: models:/<registry.model_name>@<registry.alias>.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Folder for the report (one subfolder per model when several). "
+                   "Default: <evaluation.report_dir>/evaluate-<time>.")
+def evaluate_command(config_path: Path, models: tuple[str, ...], out: Path | None) -> None:
+    """Score models on the config's question sets and gold sets, closed book and with
+    retrieval, against the base model, without training: the pipeline's report."""
+    import mlflow
+
+    from qaforge.evaluation.report import comparisons_text, metrics_text, write_report
+    from qaforge.evaluation.standalone import check_model, prepare, score
+    from qaforge.records import is_mlflow_uri
+
+    cfg = _load(config_path)
+    models = models or (f"models:/{cfg.registry.model_name}@{cfg.registry.alias}",)
+    try:
+        for model in models:
+            check_model(model)
+    except ValueError as exc:
+        click.echo(f"--model {exc}", err=True)
+        sys.exit(2)
+    if any(is_mlflow_uri(m) for m in models):
+        from qaforge.tracking import tracking_uri
+
+        mlflow.set_tracking_uri(tracking_uri())
+    out = out or Path(cfg.evaluation.report_dir) / f"evaluate-{time.strftime('%Y%m%d-%H%M%S')}"
+    prepared = prepare(cfg)  # once for every model
+    for model in models:
+        report = score(cfg, model, prepared)
+        folder = out if len(models) == 1 else out / re.sub(r"[^\w.@-]+", "_", model).strip("_")
+        paths = write_report(report, None, folder, title=f"{model} on {config_path}",
+                             primary_metric=cfg.evaluation.primary_metric, examples=cfg.evaluation.examples_in_report)
+        (folder / "report.json").write_text(report.model_dump_json(indent=1))
+        shown = report.decided_on or next(iter(report.sets.values()))
+        click.echo(f"{model}, on the {shown.name} set:\n{metrics_text(shown.metrics)}")
+        click.echo(comparisons_text(report, cfg.evaluation.primary_metric))
+        click.echo(f"Report: {paths['html']}")
 
 
 @main.command()

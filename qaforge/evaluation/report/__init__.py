@@ -23,7 +23,7 @@ __all__ = ["candidate_interval", "comparisons_text", "fmt", "metrics_text", "wri
 
 def write_report(
     report: EvalReport,
-    trained: TrainedModel,
+    trained: TrainedModel | None,
     out_dir: Path,
     *,
     title: str,
@@ -32,7 +32,8 @@ def write_report(
 ) -> dict[str, Path]:
     """Write report.md, report.html and the PNG plots into out_dir; return
     {"markdown": ..., "html": ..., "<plot name>": ...} with only the plots that had data.
-    The plots are of the set the gate reads (or the first set, when none can decide)."""
+    The plots are of the set the gate reads (or the first set, when none can decide).
+    `trained`: how the candidate was trained, if it was (not for `qaforge evaluate`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shown = report.decided_on or next(iter(report.sets.values()))
@@ -41,7 +42,7 @@ def write_report(
         for name, path in (
             ("metrics", plot_metrics(headline(shown.comparisons, report.baseline), out_dir / "metrics.png")),
             ("by_source", plot_by_source(shown.by_source, primary_metric, out_dir / "by_source.png")),
-            ("loss", plot_loss(trained.history, out_dir / "loss.png")),
+            ("loss", plot_loss(trained.history if trained else [], out_dir / "loss.png")),
         )
         if path is not None
     }

@@ -53,7 +53,8 @@ def units_text(scores: SetReport) -> str:
 
 
 def build_sections(
-    report: EvalReport, trained: TrainedModel, plots: dict[str, Path], *, primary_metric: str, examples: int
+    report: EvalReport, trained: TrainedModel | None, plots: dict[str, Path], *, primary_metric: str,
+    examples: int,
 ) -> list[Section]:
     gate = report.decided_on
     shown = gate or next(iter(report.sets.values()))
@@ -202,7 +203,10 @@ def speed_section(speed: dict[str, dict[str, float]]) -> Section | None:
     ])
 
 
-def training_section(trained: TrainedModel, plot: Path | None) -> Section:
+def training_section(trained: TrainedModel | None, plot: Path | None) -> Section | None:
+    """How the candidate was trained; None for a model scored without training (`qaforge evaluate`)."""
+    if trained is None:
+        return None
     rows = [
         ["method", trained.method],
         ["steps", str(trained.steps)],
