@@ -250,6 +250,14 @@ class SplitConfig(_Strict):
         return self
 
 
+class ResponseFormat(StrEnum):
+    """How a request asks for JSON replies (OpenAI's `response_format`), strictest first."""
+
+    JSON_SCHEMA = "json_schema"  # JSON of the reply's schema; constrained decoding where the server has it
+    JSON_OBJECT = "json_object"  # any JSON object
+    NONE = "none"  # no response_format: the prompt asks, the reply is parsed and repaired
+
+
 class EndpointConfig(_Strict):
     """An LLM behind any OpenAI-compatible chat endpoint, asked for JSON replies."""
 
@@ -262,6 +270,10 @@ class EndpointConfig(_Strict):
     timeout_seconds: float = Field(default=60.0, gt=0)
     temperature: float = Field(default=0.2, ge=0, le=2)
     max_tokens: int = Field(default=1024, ge=16)
+    response_format: ResponseFormat = Field(
+        default=ResponseFormat.JSON_SCHEMA,
+        description="The strictest to ask for; an endpoint that refuses it with a 400 gets the next.",
+    )
 
 
 class TeacherConfig(EndpointConfig):

@@ -5,8 +5,10 @@ max_tokens, a stop sequence, or its client left), so a long answer never holds u
 short one.
 
 Each row samples on its own (greedy, or temperature/top_p with its own seeded
-generator) and checks its own stop sequences on its decoded text, so requests with
-different settings share a batch, streaming or not. Every job carries the model that
+generator), checks its own stop sequences on its decoded text, and may be held to a
+grammar (JSON of a schema: only tokens that keep it valid can be chosen, and it ends
+when the JSON is whole), so requests with different settings share a batch, streaming
+or not. Every job carries the model that
 built its prompt, and a batch runs one model: a job never meets another model's weights.
 
 The server drives a batch from a queue on a worker thread (serving/engine.py);
@@ -25,6 +27,8 @@ from typing import Any, Protocol
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from qaforge.structured import Constraint
 
 # Below this, sampling is greedy: dividing logits by a smaller temperature overflows.
 GREEDY_BELOW = 1e-4
@@ -49,6 +53,7 @@ class Sampling:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    grammar: str | None = None  # what the answer must match (qaforge.structured.json_grammar)
 
     @property
     def greedy(self) -> bool:
@@ -108,6 +113,7 @@ class _Row:
     finish: str | None = None
     gone: bool = False  # delivered (or its client left): it stays in the batch until the batch is compacted
     last: int = 0  # the token chosen at the latest pass: the row's next input while it stays in the batch
+    constraint: Constraint | None = None  # the grammar its answer must match, as generated so far
 
     @property
     def sampling(self) -> Sampling:
@@ -142,7 +148,8 @@ class Batch:
             past_key_values=cache, use_cache=True, logits_to_keep=1,
         ).logits[:, -1]
         _charge(jobs, time.perf_counter() - start, [len(job.prompt_ids) for job in jobs])
-        batch = cls(model, [_Row(job, _generator(job.sampling, device)) for job in jobs], cache, mask)
+        batch = cls(model, [_Row(job, _generator(job.sampling, device), constraint=_constraint(job.sampling, model))
+                            for job in jobs], cache, mask)
         if any(job.reference for job in jobs):
             start = time.perf_counter()
             for job, nll in zip(jobs, batch._score(logits, [job.reference or [] for job in jobs])):
@@ -254,6 +261,9 @@ class Batch:
     def _append(self, logits: torch.Tensor) -> None:
         """Choose each row's next token, decode its text and decide whether it is done."""
         logits = logits.float()
+        for i, row in enumerate(self.rows):
+            if row.constraint is not None and not row.gone:
+                logits[i].masked_fill_(~row.constraint.allowed().to(logits.device), float("-inf"))
         chosen = logits.argmax(dim=-1).tolist()
         for i, row in enumerate(self.rows):
             if not row.sampling.greedy:
@@ -269,6 +279,10 @@ class Batch:
                 row.finish = "stop"
                 continue
             row.tokens.append(token)
+            if row.constraint is not None:
+                row.constraint.consume(token)
+                if row.constraint.complete:
+                    row.finish = "stop"
             checked = len(row.text)
             row.text = tokenizer.decode(row.tokens, skip_special_tokens=True)
             if row.sampling.stop:
@@ -419,6 +433,12 @@ def _generator(sampling: Sampling, device: torch.device) -> torch.Generator | No
     else:
         generator.manual_seed(sampling.seed)
     return generator
+
+
+def _constraint(sampling: Sampling, model: Weights) -> Constraint | None:
+    if sampling.grammar is None:
+        return None
+    return Constraint(sampling.grammar, model.tokenizer, model.model.config.vocab_size, sorted(_eos_ids(model)))
 
 
 def _eos_ids(model: Weights) -> set[int]:

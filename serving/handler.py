@@ -20,6 +20,7 @@ from qaforge.fsutil import append_line
 from qaforge.generation import Completion, Sampling
 from qaforge.records import ConversationRecord
 from qaforge.served import LoadedModel
+from qaforge.structured import json_grammar
 from serving.engine import Engine
 from serving.keys import ApiKey
 from serving.limits import RateLimited, RateLimiter
@@ -34,6 +35,7 @@ from serving.protocol import (
     ModelCard,
     ModelList,
     PredictResponse,
+    ResponseFormat,
     Source,
     Usage,
 )
@@ -56,6 +58,17 @@ async def unless_disconnected(request: Request, work: Awaitable[T], poll_seconds
             task.cancel()
             raise ClientGone
     return task.result()
+
+
+def grammar(response_format: ResponseFormat | None) -> str | None:
+    """The grammar a `response_format` holds the answer to; a schema that cannot be
+    compiled is the client's error, named."""
+    if response_format is None or not response_format.constrained():
+        return None
+    try:
+        return json_grammar(response_format.answer_schema())
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="response_format", code="invalid_json_schema") from None
 
 
 def usage(result: Completion) -> Usage:
@@ -129,8 +142,9 @@ class ChatHandler:
                            param="model", code="model_not_found")
         messages = [m.model_dump() for m in body.messages]
         max_tokens = body.max_completion_tokens or body.max_tokens or self.settings.max_new_tokens
+        constraint = grammar(body.response_format)  # a bad schema is refused before the rate is charged
         prompt_ids, sources = self.admit(current, key, messages, max_tokens)
-        sampling = Sampling(max_tokens, body.temperature, body.top_p, body.stop_sequences(), body.seed)
+        sampling = Sampling(max_tokens, body.temperature, body.top_p, body.stop_sequences(), body.seed, constraint)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": current.name,
                 "system_fingerprint": f"v{current.version}" if current.version else None}
         if not body.stream:

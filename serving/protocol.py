@@ -17,6 +17,7 @@ from pydantic import (
     WithJsonSchema,
     create_model,
     field_validator,
+    model_validator,
 )
 from starlette.exceptions import HTTPException
 
@@ -66,6 +67,35 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+class JsonSchemaSpec(_Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema", description="Default: any JSON object.")
+    strict: bool | None = Field(default=None, description="Always held to: the answer is decoded to match.")
+
+
+class ResponseFormat(_Request):
+    """OpenAI's `response_format`: `json_object` (any object) or `json_schema` answers are
+    decoded under the schema's grammar, so they parse and match it (unless `max_tokens`
+    cuts them: finish_reason `length`)."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a `json_schema` object: {name, schema}")
+        return self
+
+    def constrained(self) -> bool:
+        return self.type != "text"
+
+    def answer_schema(self) -> dict[str, Any] | None:
+        """The schema a constrained answer must match; None: any JSON object."""
+        return self.json_schema.schema_ if self.json_schema else None
+
+
 class ChatCompletionRequest(_Request):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
@@ -78,6 +108,7 @@ class ChatCompletionRequest(_Request):
     n: Literal[1] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
     user: str | None = None
 
     def stop_sequences(self) -> tuple[str, ...]:

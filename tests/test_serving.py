@@ -101,6 +101,49 @@ def test_todays_openai_request_shapes_are_read_as_the_plain_ones(api: dict) -> N
     assert error["param"] == "messages.0.content" and "part 1 is of type 'image_url'" in error["message"], error
 
 
+ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 60},
+                                                  "kilowatts": {"type": "integer"}},
+                 "required": ["answer", "kilowatts"], "additionalProperties": False}
+
+
+def test_response_format_holds_the_answer_to_json_of_the_schema(api: dict) -> None:
+    """json_schema and json_object answers parse and match, streamed or not, and share a
+    batch with free text; a schema that cannot be compiled is refused by name."""
+    client = openai.AsyncOpenAI(base_url=f"{api['url']}/v1", api_key=api["keys"]["carol"], max_retries=0)
+    schema_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA}}
+
+    async def ask_all() -> list:
+        asks = [client.chat.completions.create(model=api["name"], messages=QUESTION, max_tokens=64,
+                                               response_format=schema_format),
+                client.chat.completions.create(model=api["name"], messages=QUESTION, max_tokens=64,
+                                               response_format={"type": "json_object"}),
+                client.chat.completions.create(model=api["name"], messages=QUESTION, max_tokens=16)]
+        return await asyncio.gather(*asks)
+
+    with_schema, any_object, free = asyncio.run(ask_all())
+    answer = json.loads(with_schema.choices[0].message.content)
+    assert set(answer) == {"answer", "kilowatts"} and isinstance(answer["kilowatts"], int), answer
+    assert len(answer["answer"]) <= 60 and with_schema.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(any_object.choices[0].message.content), dict)
+    assert not free.choices[0].message.content.startswith("{"), "the free-text row was not constrained"
+
+    stream = openai.OpenAI(base_url=f"{api['url']}/v1", api_key=api["keys"]["carol"], max_retries=0)
+    pieces = stream.chat.completions.create(model=api["name"], messages=QUESTION, max_tokens=64, stream=True,
+                                            response_format=schema_format)
+    assert json.loads("".join(c.choices[0].delta.content or "" for c in pieces if c.choices)) == answer
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        stream.chat.completions.create(model=api["name"], messages=QUESTION, max_tokens=8, response_format={
+            "type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "object", "properties": {
+                "n": {"$ref": "#/$defs/missing"}}}}})
+    assert refused.value.body["param"] == "response_format", refused.value.body
+    assert "'/$defs/missing' does not exist" in refused.value.body["message"], refused.value.body
+    with pytest.raises(openai.BadRequestError) as refused:
+        stream.chat.completions.create(model=api["name"], messages=QUESTION, max_tokens=8,
+                                       response_format={"type": "json_schema"})
+    assert "needs a `json_schema` object" in refused.value.body["message"], refused.value.body
+
+
 def test_two_authorization_headers_are_refused(api: dict) -> None:
     """Which of two headers wins differs between proxies and frameworks: refuse both."""
     headers = [("Authorization", f"Bearer {api['keys']['alice']}"), ("Authorization", "Bearer qf-nope")]

@@ -41,11 +41,18 @@ def chunk(tag: str, doc: str) -> Chunk:
 class TeacherServer:
     """Answers /v1/chat/completions with pairs grounded in the chunk it is sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuses: tuple[str, ...] = ()) -> None:
         self.hits: Counter[str] = Counter()
         self.status = 200
+        self.refuses = refuses  # response_format types it answers 400 to, as servers without them do
+        self.formats: list[str] = []
 
     def reply(self, body: dict) -> tuple[int, dict]:
+        shape = (body.get("response_format") or {"type": "none"})["type"]
+        self.formats.append(shape)
+        if shape in self.refuses:
+            return 400, {"error": {"message": f"response_format type '{shape}' is not supported",
+                                   "param": "response_format"}}
         user = body["messages"][0]["content"]
         if user.startswith("JUDGE"):
             self.hits["judge"] += 1
@@ -134,6 +141,19 @@ def test_judge_drops_unfaithful_pairs(tmp_path: Path) -> None:
     assert teacher.hits["judge"] == 3
     assert data.dropped == {"judge": 1}
     assert all("OCPP" not in p.answer for p in data.train + data.test)
+
+
+def test_an_endpoint_without_structured_outputs_is_asked_as_it_can_answer(tmp_path: Path) -> None:
+    """A 400 about `response_format` steps down to json_object, then to none, once: the
+    client remembers, and the pairs arrive all the same."""
+    chunks = [chunk(tag, f"doc{i}") for i, tag in enumerate(["plain", "REFUSE"])]
+    for refuses, used in ((("json_schema",), "json_object"), (("json_schema", "json_object"), "none")):
+        teacher = TeacherServer(refuses)
+        with teacher.serve() as url:
+            cfg = teacher_config(url).model_copy(update={"concurrency": 1})
+            pairs, usage = teacher_pairs(chunks, cfg, tmp_path / used)
+        assert {c: len(p) for c, p in pairs.items()} == {c.chunk_id: 1 for c in chunks}
+        assert teacher.formats == ["json_schema", *refuses[1:], used, used], teacher.formats
 
 
 def test_teacher_auth_error_is_clear(tmp_path: Path) -> None:

@@ -8,13 +8,15 @@ rerun after a crash, or with one new document, asks only for what is new.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
 import random
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from tqdm import tqdm
 
 from qaforge.chat_client import ChatClient, EndpointError, Usage
@@ -40,6 +42,32 @@ class Verdict(BaseModel):
 
 class TeacherReply(BaseModel):
     pairs: list[TeacherPair]
+
+
+# Characters of a JSON reply per token: English runs about 4; 3 leaves room.
+CHARS_PER_TOKEN = 3
+PAIR_OVERHEAD = 120  # a pair's keys, quotes, commas and style, in characters
+STYLE_CHARS = 32
+
+
+@functools.cache
+def reply_schema(n: int, max_tokens: int) -> type[BaseModel]:
+    """The reply a request for `n` pairs asks for: 1 to `n` pairs whose strings fit in
+    `max_tokens` together (an answer may take twice a question's room). Under
+    constrained decoding that is all a model can write, so even a small one that
+    repeats itself ends its reply before `max_tokens` cuts it."""
+    unit = max(30, (CHARS_PER_TOKEN * max_tokens // n - PAIR_OVERHEAD) // 6)
+    question, answer = Field(min_length=1, max_length=unit), Field(min_length=1, max_length=2 * unit)
+    fields: dict[str, Any] = {
+        "question": (str, question), "answer": (str, answer),
+        "style": (str, Field(default="factual", max_length=STYLE_CHARS)),
+        "follow_up_question": (str | None, Field(default=None, max_length=unit)),
+        "follow_up_answer": (str | None, Field(default=None, max_length=2 * unit)),
+    }
+    # additionalProperties false in the schema, so that a decoder adds no keys of its own.
+    pair = create_model("TeacherPair", __config__=ConfigDict(json_schema_extra={"additionalProperties": False}),
+                        **fields)
+    return create_model("TeacherReply", pairs=(list[pair], Field(min_length=1, max_length=n)))  # type: ignore[valid-type]
 
 
 class JudgedPairs(BaseModel):
@@ -93,8 +121,10 @@ class TeacherClient(ChatClient):
         self.answer_style = answer_style
 
     async def judged_pairs(self, chunk: Chunk) -> JudgedPairs:
-        messages = request_messages(chunk, styles_for(chunk, self.cfg), self.cfg, self.answer_style)
-        pairs = (await self.ask(messages, TeacherReply)).pairs
+        styles = styles_for(chunk, self.cfg)
+        schema = reply_schema(len(styles), self.cfg.max_tokens)
+        reply = await self.ask(request_messages(chunk, styles, self.cfg, self.answer_style), schema)
+        pairs = TeacherReply.model_validate(reply.model_dump()).pairs
         if not self.cfg.judge_prompt:
             return JudgedPairs(pairs=pairs)
         verdicts = []
@@ -149,11 +179,18 @@ def teacher_pairs(
 
     if todo:
         asyncio.run(run())
+        if not any(judged.get(c.chunk_id) and judged[c.chunk_id].pairs for c in todo):
+            shown = "; ".join(repr(r) for r in usage.samples) or "none was unparseable"
+            raise RuntimeError(
+                f"the teacher at {cfg.base_url} gave no usable pair for any of the {len(todo)} chunks asked: "
+                f"{usage.unparseable} of {usage.requests} replies were not the JSON asked for, "
+                f"{len(usage.failed_chunks)} chunks failed (the log says why). Replies such as: {shown}"
+            )
     results = {chunk_id: j.kept(cfg.judge_min_score) for chunk_id, j in judged.items()}
     usage.judge_rejected = sum(len(j.pairs) for j in judged.values()) - sum(map(len, results.values()))
     log.info(
-        "teacher: %d requests, %d prompt + %d completion tokens, %d repairs, %d chunks from cache, %d failed",
-        usage.requests, usage.prompt_tokens, usage.completion_tokens, usage.repairs,
-        usage.cached_chunks, len(usage.failed_chunks),
+        "teacher: %d requests, %d prompt + %d completion tokens, %d unparseable replies, %d repairs, %d chunks from "
+        "cache, %d failed", usage.requests, usage.prompt_tokens, usage.completion_tokens, usage.unparseable,
+        usage.repairs, usage.cached_chunks, len(usage.failed_chunks),
     )
     return results, usage
