@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from serve import KEY, start, wait_ready
 
 from qaforge.config import Generator, ResponseFormat, SynthesisConfig, TeacherConfig
 from qaforge.modeling import resolve_base_model
@@ -24,7 +25,6 @@ from qaforge.records import ChunkSet
 from qaforge.synthesis import generate_pairs
 
 from common import REPO, default_chunks, default_config
-from serve import KEY, start, wait_ready
 
 
 def main() -> None:

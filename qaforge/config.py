@@ -73,6 +73,7 @@ class Metric(StrEnum):
     BLEU = "bleu"
     CHRF = "chrf"
     TOKEN_F1 = "token_f1"
+    JUDGE = "judge"  # the LLM judge's rubric score, the mean of its criteria (1-5)
 
 
 class _Strict(BaseModel):
@@ -515,6 +516,14 @@ class EvaluationConfig(InferenceOptions):
         description="Answers of models that do not change (the base, a registered version), by model, questions "
         "and generation settings: a retrain generates only the candidate's (None: no cache).",
     )
+
+    @model_validator(mode="after")
+    def _judge_can_gate(self) -> EvaluationConfig:
+        if self.primary_metric is Metric.JUDGE and (
+                self.judge is None or JudgeMode.RUBRIC not in self.judge.modes or self.judge.max_examples):
+            raise ValueError("primary_metric 'judge' gates on the LLM judge's rubric score of every question: it "
+                             "needs evaluation.judge with the rubric mode and no max_examples")
+        return self
 
 
 class RegistryConfig(_Strict):

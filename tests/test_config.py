@@ -84,6 +84,14 @@ def test_trainable_layers_belong_to_full_fine_tuning() -> None:
         validate_config(_raw(training={"method": "lora", "trainable_layers": 4}))
 
 
+@pytest.mark.parametrize("judge", [None, {"base_url": "http://127.0.0.1:9/v1", "model": "j", "modes": ["pairwise"]},
+                                   {"base_url": "http://127.0.0.1:9/v1", "model": "j", "max_examples": 10}])
+def test_gating_on_the_judge_needs_its_rubric_on_every_question(judge: dict | None) -> None:
+    with pytest.raises(ConfigError, match=r"evaluation: Value error, primary_metric 'judge' gates on the LLM "
+                                          r"judge's rubric score of every question"):
+        validate_config(_raw(evaluation={"primary_metric": "judge", "judge": judge}))
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     # Passages that do not fit the served prompt: nearly every request would get 400.
     ({"retrieval": {"serve": True, "top_k": 6}, "chunking": {"max_tokens": 512},

@@ -4,20 +4,24 @@ a user runs it, into the pipeline's report."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
-from qaforge.records import ModelLabel
+from qaforge.config import JUDGE_CRITERIA, RegistryConfig
+from qaforge.promotion import gate
+from qaforge.records import EvalReport, ModelLabel, Resampling
 
+from fixture_site import chat_completion, serve_chat
 from helpers import BIN, run_cli, user_project, write_run_config
 
 
-def small_project(root: Path) -> None:
+def small_project(root: Path, **evaluation: object) -> None:
     """The smoke config, asked few enough questions for a test."""
     run_config = user_project(root, "smoke.yaml")
     cfg = run_config["parameters"]["config"]
     cfg["evaluation"] |= {"max_examples": 6, "knowledge": 0, "memorisation": 0, "general_qa": None,
-                          "latency_samples": 0}
+                          "latency_samples": 0} | evaluation
     write_run_config(root, run_config)
 
 
@@ -55,3 +59,34 @@ def test_what_names_no_model_is_refused_before_anything_runs(tmp_path: Path) -> 
     assert result.returncode == 2
     assert "--model 'no-such-folder' is not a model folder, a models:/ or runs:/ URI, or 'base'" in result.stderr
     assert not (tmp_path / ".qaforge").exists(), "nothing was fetched or cached"
+
+
+def by_length(body: dict) -> tuple[int, dict]:
+    """A judge that prefers longer answers: every rubric criterion 5 for an answer of more
+    than eight words, else 2; of two answers, the longer."""
+    prompt = body["messages"][0]["content"]
+    if "Answer A:" in prompt:
+        a, b = (re.search(rf"{label}: (.*)", prompt)[1] for label in ("Answer A", "Answer B"))
+        return 200, chat_completion(body, json.dumps({"better": "A" if len(a) > len(b) else "B"}))
+    score = 5 if len(re.search(r"Assistant's answer: (.*)", prompt)[1].split()) > 8 else 2
+    return 200, chat_completion(body, json.dumps({c: score for c in JUDGE_CRITERIA}))
+
+
+def test_the_judge_can_gate(tmp_path: Path) -> None:
+    """With `primary_metric: judge`, every question set carries the judge's score with
+    intervals over its documents (or groups), and the gate decides on it."""
+    with serve_chat(by_length) as judge_url:
+        small_project(tmp_path, primary_metric="judge", judge={"base_url": judge_url, "model": "judge",
+                                                               "api_key_env": None})
+        run_cli("qaforge", "evaluate", "-c", "run.yaml", "--model", "base", "--out", "scores", cwd=tmp_path)
+    report = EvalReport.model_validate_json((tmp_path / "scores" / "report.json").read_text())
+    gated, baseline = report.gated, report.baseline
+    for scores in report.sets.values():
+        judged = {(c.metric, c.resampled) for c in scores.comparisons if c.metric.startswith("judge")}
+        assert judged == {(metric, unit) for metric in ("judge", "judge_preference")
+                          for unit in {Resampling.QUESTIONS, scores.unit}}, (scores.name, judged)
+        assert 2 <= scores.metrics[gated]["judge"] <= 5 and scores.pairwise is not None
+    decision = gate(report, "1", "judge", RegistryConfig(max_general_drop=None))
+    interval = report.decided_on.gain("judge", baseline)
+    assert decision.metric == "judge" and decision.question_set == "smoke" == report.gate_set
+    assert decision.versus_base == interval and decision.promoted is (interval.low > 0), decision.reason

@@ -10,7 +10,7 @@ import pytest
 
 from qaforge.config import EvaluationConfig, JudgeConfig
 from qaforge.evaluation.judge import judge_set, pairwise, rubric_scores
-from qaforge.records import EvalRow, SetReport
+from qaforge.records import EvalRow, Resampling, SetReport
 
 from fixture_site import chat_completion, serve_chat
 
@@ -55,8 +55,9 @@ def test_pairwise_counts_a_model_win_only_when_both_orders_agree() -> None:
         return 200, chat_completion(body, json.dumps({"better": "A" if len(a) > len(b) else "B"}))
 
     with serve_chat(prefers_longer) as url:
-        result = pairwise(QUESTIONS, REFERENCES, LONG, SHORT, judge_config(url))
+        result, outcome = pairwise(QUESTIONS, REFERENCES, LONG, SHORT, judge_config(url))
     assert (result.wins, result.losses, result.ties, result.inconsistent) == (2, 1, 0, 0)
+    assert outcome.tolist() == [1, 1, -1], "per question: LONG's answer is longer but for the last"
 
 
 def test_pairwise_cancels_a_judge_that_always_picks_the_first_answer() -> None:
@@ -64,8 +65,9 @@ def test_pairwise_cancels_a_judge_that_always_picks_the_first_answer() -> None:
         return 200, chat_completion(body, '{"better": "A"}')
 
     with serve_chat(always_a) as url:
-        result = pairwise(QUESTIONS, REFERENCES, LONG, SHORT, judge_config(url))
+        result, outcome = pairwise(QUESTIONS, REFERENCES, LONG, SHORT, judge_config(url))
     assert (result.wins, result.losses, result.ties, result.inconsistent) == (0, 0, 3, 3)
+    assert outcome.tolist() == [0, 0, 0]
 
 
 def test_evaluation_adds_judge_scores_intervals_and_preferences() -> None:
@@ -86,10 +88,17 @@ def test_evaluation_adds_judge_scores_intervals_and_preferences() -> None:
 
     with serve_chat(by_length) as url:
         cfg = EvaluationConfig(judge=judge_config(url, criteria=["relevance", "clarity"]), bootstrap_samples=200)
-        judged = judge_set(scores, "candidate", "base", cfg)
+        judged = judge_set(scores, "candidate", "base", cfg, clusters=["doc-a", "doc-a", "doc-b"])
     # LONG answers are over 30 characters but the last; SHORT only the last.
     assert judged.metrics["candidate"]["judge"] == pytest.approx((5 + 5 + 2) / 3)
     assert judged.metrics["base"]["judge_relevance"] == pytest.approx((2 + 2 + 5) / 3)
-    [interval] = [c for c in judged.comparisons if c.metric == "judge"]
-    assert interval.gain == pytest.approx(1.0) and interval.low <= interval.gain <= interval.high
+    by_question, by_document = [c for c in judged.comparisons if c.metric == "judge"]
+    assert by_question.resampled == Resampling.QUESTIONS and by_document.resampled == Resampling.DOCUMENTS
+    assert by_document.clusters == 2 and by_question.clusters == 3
+    assert by_question.gain == by_document.gain == pytest.approx(1.0)
+    assert by_question.low <= by_question.gain <= by_question.high
+    # The gate reads the judge's score like any metric: the more cautious interval.
+    assert judged.gain("judge", "base").low == min(by_question.low, by_document.low)
     assert judged.pairwise.wins == 2 and judged.metrics["candidate"]["judge_win_rate"] == pytest.approx(2 / 3)
+    preference = judged.gain("judge_preference", "base")
+    assert preference.gain == pytest.approx(2 / 3 - 1 / 3), "won two questions, lost one"

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from qaforge.chat_client import ChatClient, Usage
 from qaforge.config import EvaluationConfig, JudgeConfig, JudgeMode
 from qaforge.evaluation.metrics import mean_gain
-from qaforge.records import PairwiseResult, SetReport
+from qaforge.records import Interval, PairwiseResult, SetReport
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,9 @@ def pairwise(
     answers_b: list[str],
     cfg: JudgeConfig,
     labels: tuple[str, str] = ("candidate", "base"),
-) -> PairwiseResult:
-    """Ask each question with a's answer first, then with b's first."""
+) -> tuple[PairwiseResult, np.ndarray]:
+    """Ask each question with a's answer first, then with b's first. Also each
+    question's outcome: 1 where a won, -1 where b did, 0 for a tie."""
     jobs = []
     for q, r, a, b in zip(questions, references, answers_a, answers_b):
         for first, second in ((a, b), (b, a)):
@@ -116,28 +117,43 @@ def pairwise(
     replies, usage = _run(jobs, cfg, "judge pairwise")
     log.info("judge pairwise: %d requests, %d repairs", usage.requests, usage.repairs)
     wins = losses = ties = inconsistent = 0
+    outcome = []
     for a_first, b_first in zip(replies[::2], replies[1::2]):
         # Map both verdicts to "which model", undoing the swap of the second.
         first = {"A": "a", "B": "b", "tie": "tie"}[a_first.better]
         second = {"A": "b", "B": "a", "tie": "tie"}[b_first.better]
         if first == second == "a":
             wins += 1
+            outcome.append(1)
         elif first == second == "b":
             losses += 1
+            outcome.append(-1)
         else:
             ties += 1
             inconsistent += first != second and "tie" not in (first, second)
-    return PairwiseResult(a=labels[0], b=labels[1], wins=wins, losses=losses, ties=ties, inconsistent=inconsistent)
+            outcome.append(0)
+    return (PairwiseResult(a=labels[0], b=labels[1], wins=wins, losses=losses, ties=ties, inconsistent=inconsistent),
+            np.array(outcome))
 
 
-def judge_set(scores: SetReport, gated: str, baseline: str, cfg: EvaluationConfig) -> SetReport:
-    """A question set with the judge's rubric scores (and a CI on the gated system's
-    gain over the baseline) and its pairwise preferences between the two."""
+def judge_set(scores: SetReport, gated: str, baseline: str, cfg: EvaluationConfig,
+              clusters: list[str] | None = None) -> SetReport:
+    """A question set with the judge's rubric scores (`judge`, the mean of the criteria,
+    which the gate can decide on) and its pairwise preferences between the gated system
+    and its baseline (`judge_preference`: the share of questions won less the share
+    lost). Each gain gets intervals over questions and, given each question's cluster
+    (its document or group), over clusters, as every other metric does."""
     if (judge := cfg.judge) is None:
         return scores
     rows = scores.rows[: judge.max_examples] if judge.max_examples else scores.rows
+    clusters = clusters[: len(rows)] if clusters is not None else None
     questions, references = [r.question for r in rows], [r.reference for r in rows]
     comparisons, metrics = list(scores.comparisons), {k: dict(v) for k, v in scores.metrics.items()}
+
+    def gains(metric: str, a: np.ndarray, b: np.ndarray, pair: tuple[str, str]) -> list[Interval]:
+        return [mean_gain(metric, a, b, pair, cfg.bootstrap_samples, cfg.confidence, groups, scores.unit)
+                for groups in ([None] if clusters is None else [None, clusters])]
+
     preferences = None
     if JudgeMode.RUBRIC in judge.modes:
         means: dict[str, np.ndarray] = {}
@@ -147,11 +163,13 @@ def judge_set(scores: SetReport, gated: str, baseline: str, cfg: EvaluationConfi
             metrics[label]["judge"] = float(means[label].mean())
             for criterion in judge.criteria:
                 metrics[label][f"judge_{criterion}"] = mean(s[criterion] for s in rubric)
-        comparisons.append(mean_gain("judge", means[gated], means[baseline], (gated, baseline),
-                                     cfg.bootstrap_samples, cfg.confidence))
+        comparisons += [c for label in means if label != gated
+                        for c in gains("judge", means[gated], means[label], (gated, label))]
     if JudgeMode.PAIRWISE in judge.modes:
-        preferences = pairwise(questions, references, [r.answers[gated] for r in rows],
-                               [r.answers[baseline] for r in rows], judge, (gated, baseline))
+        preferences, won = pairwise(questions, references, [r.answers[gated] for r in rows],
+                                    [r.answers[baseline] for r in rows], judge, (gated, baseline))
         metrics[gated]["judge_win_rate"] = preferences.wins / preferences.n
         metrics[baseline]["judge_win_rate"] = preferences.losses / preferences.n
+        comparisons += gains("judge_preference", (won > 0).astype(float), (won < 0).astype(float),
+                             (gated, baseline))
     return scores.model_copy(update={"metrics": metrics, "comparisons": comparisons, "pairwise": preferences})

@@ -20,6 +20,7 @@ import numpy as np
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
 
+from qaforge.config import Metric
 from qaforge.records import Interval, Resampling
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -59,6 +60,12 @@ def numeric_accuracy(predictions: Sequence[str], references: Sequence[str]) -> d
     asked = [(numbers(r), p) for p, r in zip(predictions, references)]
     stated = [figures <= numbers(p) for figures, p in asked if figures]
     return {NUMERIC_ACCURACY: float(np.mean(stated))} if stated else {}
+
+
+def breakdown_metric(primary_metric: str) -> str:
+    """The metric of the per-source breakdown: the primary one, but ROUGE-L when that is
+    the judge's score, which comes after the sets are scored and costs a request each."""
+    return Metric.ROUGE_L if primary_metric == Metric.JUDGE else primary_metric
 
 
 def contains_any(answer: str, accepted: list[str]) -> bool:
@@ -170,12 +177,12 @@ def paired_bootstrap(
 
 def mean_gain(
     metric: str, a: np.ndarray, b: np.ndarray, labels: tuple[str, str], samples: int, confidence: float,
-    clusters: Sequence[str] | None = None,
+    clusters: Sequence[str] | None = None, unit: Resampling = Resampling.DOCUMENTS,
 ) -> Interval:
     """`paired_bootstrap` of the means of two per-question score arrays."""
     return paired_bootstrap(
         metric, lambda idx: float(a[idx].mean()), lambda idx: float(b[idx].mean()), len(a), labels, samples,
-        confidence, clusters=clusters,
+        confidence, clusters=clusters, unit=unit,
     )
 
 

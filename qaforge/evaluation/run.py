@@ -26,6 +26,7 @@ from qaforge.evaluation.answers import (
 from qaforge.evaluation.judge import judge_set
 from qaforge.evaluation.metrics import (
     Scored,
+    breakdown_metric,
     compare,
     contains_any,
     mean_gain,
@@ -107,7 +108,7 @@ def score_set(questions: Questions, answers: dict[ModelLabel, Answers], systems:
     return SetReport(
         name=questions.name, unit=questions.unit, units=questions.units,
         retrieval_recall=retrieval_recall(questions, systems), metrics=metrics, comparisons=comparisons,
-        by_source=by_source(pairs, scored, cfg.primary_metric),
+        by_source=by_source(pairs, scored, breakdown_metric(cfg.primary_metric)),
         rows=[EvalRow(question=p.question, reference=p.answer, source=p.source, doc_id=p.doc_id, kind=p.kind,
                       answers={label: answers[label].answers[i] for label in answers})
               for i, p in enumerate(pairs)],
@@ -176,8 +177,9 @@ def evaluate(
                 missed.add(label)
         reused |= {label for _, label in found} - missed
     scored = {name: score_set(questions, answers[name], systems, cfg, gated) for name, questions in sets.items()}
-    if cfg.judge:
-        scored[timed] = judge_set(scored[timed], gated, baseline, cfg)
+    if cfg.judge:  # every set, so that the gate can decide on the judge's score wherever it reads
+        scored = {name: judge_set(scores, gated, baseline, cfg, None if sets[name].unit == Resampling.QUESTIONS
+                                  else sets[name].clusters) for name, scores in scored.items()}
     return EvalReport(
         gated=gated, baseline=baseline, models={label.value: s.model.location for label, s in systems.items()},
         reused=sorted(reused), sets=scored, gate_set=decided, gate_note=note,

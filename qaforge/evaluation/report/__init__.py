@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from qaforge.evaluation.metrics import breakdown_metric
 from qaforge.evaluation.report.plots import (
     candidate_interval,
     headline,
@@ -41,7 +42,7 @@ def write_report(
         name: path
         for name, path in (
             ("metrics", plot_metrics(headline(shown.comparisons, report.baseline), out_dir / "metrics.png")),
-            ("by_source", plot_by_source(shown.by_source, primary_metric, out_dir / "by_source.png")),
+            ("by_source", plot_by_source(shown.by_source, breakdown_metric(primary_metric), out_dir / "by_source.png")),
             ("loss", plot_loss(trained.history if trained else [], out_dir / "loss.png")),
         )
         if path is not None

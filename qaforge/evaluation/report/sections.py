@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qaforge.evaluation.metrics import LOWER_IS_BETTER
+from qaforge.evaluation.metrics import LOWER_IS_BETTER, breakdown_metric
 from qaforge.evaluation.report.render import (
     Block,
     Image,
@@ -105,7 +105,8 @@ def set_sections(scores: SetReport, baseline: str, primary_metric: str, plots: d
     sections += [Section(s.title + where, s.blocks)
                  for s in comparison_sections(scores.comparisons, plots.get("metrics"), baseline)]
     sections += [s for s in (pairwise_section(scores.pairwise),
-                             by_source_section(scores.by_source, primary_metric, plots.get("by_source")))
+                             by_source_section(scores.by_source, breakdown_metric(primary_metric),
+                                               plots.get("by_source")))
                  if s is not None]
     return sections
 
