@@ -145,6 +145,13 @@ class QAFormat(StrEnum):
     CSV = "csv"  # a header row, then a pair per row
 
 
+class FeedbackFilter(StrEnum):
+    """Which logged answers `sources.qa` takes, by their ratings."""
+
+    UP = "up"  # only answers people rated up
+    NOT_DOWN = "not_down"  # every answer but those rated down
+
+
 class QASource(_Strict):
     """A file of question-answer pairs a team already has: trained, split and evaluated
     with the synthesized ones (each assistant turn of a conversation is one pair, its
@@ -161,6 +168,12 @@ class QASource(_Strict):
         default="group", description="The field (CSV: column) naming what a pair is about, such as its page: pairs "
         "of one group stay in one split. A pair without one is a group of its own.",
     )
+    feedback: Path | None = Field(
+        default=None, description="A feedback log (serving.feedback_log): only lines whose `request_id` was rated "
+        "as `keep` says are imported, each by its latest rating.",
+    )
+    keep: FeedbackFilter = Field(default=FeedbackFilter.UP, description="With `feedback`: up (only answers rated "
+                                 "up) or not_down (all but those rated down).")
 
 
 class SourcesConfig(_Strict):
@@ -583,7 +596,17 @@ class ServingConfig(InferenceOptions):
     )
     log_prompts: bool = Field(default=False, description="Put prompts and answers in the request log.")
     conversation_log: Path | None = Field(
-        default=None, description="Opt-in JSONL of every exchange; ingest reads it as a source."
+        default=None, description="Opt-in JSONL of every exchange, the whole conversation in OpenAI's messages "
+        "shape: `sources.qa` imports it (with `feedback`, only the answers people rated), `sources.files` reads it "
+        "as a document.",
+    )
+    feedback_log: Path | None = Field(
+        default=None, description="Opt-in JSONL of the ratings (up or down) people give answers through "
+        "POST /v1/feedback and the chat page's buttons, by request id.",
+    )
+    scrub_personal_data: bool = Field(
+        default=True, description="Replace e-mail addresses, phone, card and US social security numbers and IP "
+        "addresses in the conversation log by tags before writing it (qaforge.privacy).",
     )
 
     @model_validator(mode="after")

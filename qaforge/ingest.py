@@ -211,10 +211,13 @@ def _collect(collector: _Collector) -> None:
     finally:
         shutil.rmtree(downloads, ignore_errors=True)
     for qa in sources.qa:  # read by the synthesis step; their contents count as the sources' too
-        try:
-            collector.inputs[f"qa/{qa.path.name}"] = file_sha256(qa.path)
-        except OSError as exc:
-            raise OSError(f"sources.qa: cannot read {qa.path}: {exc.strerror or exc}") from exc
+        for path, name in ((qa.path, f"qa/{qa.path.name}"), (qa.feedback, f"qa/{qa.path.name}/feedback")):
+            if path is None:
+                continue
+            try:
+                collector.inputs[name] = file_sha256(path)
+            except OSError as exc:
+                raise OSError(f"sources.qa: cannot read {path}: {exc.strerror or exc}") from exc
     for path in tqdm(list(iter_files(sources.files)), desc="convert files", unit="file"):
         try:
             digest = file_sha256(path)

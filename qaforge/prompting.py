@@ -44,6 +44,12 @@ def build_messages(
     return messages
 
 
+def unweighted_history(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A conversation's earlier answers marked with OpenAI's `"weight": 0` (not trained
+    on), for a file where each of them is a pair, and trained on, of its own."""
+    return [{**m, "weight": 0} if m["role"] == "assistant" else dict(m) for m in messages]
+
+
 def retrieval_query(questions: Sequence[str]) -> str:
     """What a conversation retrieves for, given its user turns in order: the newest,
     with the words its question frame is answered in, after the one before it. A

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -416,16 +416,32 @@ def joined_text_parts(content: object) -> object:
 
 
 class ConversationRecord(BaseModel):
-    """One exchange in the served API's opt-in conversation log (JSONL), which ingest
-    reads back as a source of training data."""
+    """One exchange in the served API's opt-in conversation log (JSONL): the whole
+    conversation in OpenAI's messages shape, ending with the answer (earlier answers
+    carry `"weight": 0`: each was logged on its own line), so that `sources.qa` imports
+    it; `sources.files` reads it as a document of questions and answers."""
 
     time: datetime
     request_id: str
     key: str
     model: str
     version: str | None = None
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     answer: str
+
+
+class Rating(StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+class FeedbackRecord(BaseModel):
+    """A rating of one answer, by the request that produced it (serving.feedback_log)."""
+
+    time: datetime
+    request_id: str
+    key: str
+    rating: Rating
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ from starlette.requests import Request
 
 from qaforge.fsutil import append_line
 from qaforge.generation import Completion, Sampling
-from qaforge.records import ConversationRecord
+from qaforge.privacy import scrub, scrub_messages
+from qaforge.prompting import unweighted_history
+from qaforge.records import ConversationRecord, FeedbackRecord
 from qaforge.served import LoadedModel
 from qaforge.structured import json_grammar
 from serving.engine import Engine
@@ -32,6 +34,8 @@ from serving.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
+    FeedbackRequest,
+    FeedbackResponse,
     ModelCard,
     ModelList,
     PredictResponse,
@@ -119,11 +123,24 @@ class ChatHandler:
         if self.settings.log_prompts:
             request.state.log |= {"messages": messages, "answer": result.text}
         if self.settings.conversation_log:
+            conversation = [*unweighted_history(messages), {"role": "assistant", "content": result.text}]
+            answer = result.text
+            if self.settings.scrub_personal_data:  # before anything is written
+                conversation, answer = scrub_messages(conversation), scrub(answer)
             record = ConversationRecord(
                 time=datetime.now(UTC), request_id=request.state.request_id, key=key.name,
-                model=self.model.name, version=result.version, messages=messages, answer=result.text,
+                model=self.model.name, version=result.version, messages=conversation, answer=answer,
             )
             append_line(self.settings.conversation_log, record.model_dump_json())
+
+    def feedback(self, request: Request, key: ApiKey, body: FeedbackRequest) -> FeedbackResponse:
+        """Record a rating of an answer, by the request id its response carried."""
+        if self.settings.feedback_log is None:
+            raise APIError(404, "this server records no feedback: set serving.feedback_log", code="feedback_disabled")
+        record = FeedbackRecord(time=datetime.now(UTC), request_id=body.request_id, key=key.name, rating=body.rating)
+        append_line(self.settings.feedback_log, record.model_dump_json())
+        request.state.log = {"rated": body.request_id, "rating": body.rating.value}
+        return FeedbackResponse(request_id=body.request_id, rating=body.rating)
 
     async def predict(self, request: Request, key: ApiKey, text: str) -> PredictResponse:
         current = self.model

@@ -22,7 +22,7 @@ from pydantic import (
 from starlette.exceptions import HTTPException
 
 from qaforge.config import ServingConfig
-from qaforge.records import joined_text_parts
+from qaforge.records import Rating, joined_text_parts
 
 # OpenAI's limit on stop sequences.
 MAX_STOP_SEQUENCES = 4
@@ -129,6 +129,16 @@ def limited_chat_request(settings: ServingConfig) -> type[ChatCompletionRequest]
         stop=(stop | Annotated[list[stop], Field(max_length=MAX_STOP_SEQUENCES)] | None,
               Field(default=None, description="Up to 4 sequences that end the answer.")),
     )
+
+
+class FeedbackRequest(_Request):
+    request_id: str = Field(min_length=1, max_length=128, description="The x-request-id of the answer's response.")
+    rating: Rating = Field(strict=False)  # strict would take only the enum object, never its JSON string
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    rating: Rating
 
 
 class PredictRequest(_Request):

@@ -1,5 +1,5 @@
 """The routes: OpenAI-compatible chat completions (streaming too), the models list,
-the seeds' /predict, Prometheus /metrics, and open /health and /chat (a chat page). Each is a thin call into
+ratings of answers (/v1/feedback), the seeds' /predict, Prometheus /metrics, and open /health and /chat (a chat page). Each is a thin call into
 the ChatHandler on `app.state`; the API key was checked by the Authenticate middleware."""
 
 # No `from __future__ import annotations`: FastAPI must see the local `chat_request`
@@ -15,6 +15,8 @@ from serving.handler import ChatHandler
 from serving.protocol import (
     ChatCompletion,
     ChatCompletionRequest,
+    FeedbackRequest,
+    FeedbackResponse,
     Health,
     ModelList,
     PredictRequest,
@@ -65,6 +67,10 @@ def api_router(chat_request: type[ChatCompletionRequest]) -> APIRouter:
     })
     async def prometheus(request: Request) -> Response:
         return Response(generate_latest(handler(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @router.post("/v1/feedback", responses=WITH_BODY | error_responses(404))
+    async def feedback(body: FeedbackRequest, request: Request) -> FeedbackResponse:
+        return handler(request).feedback(request, request.state.key, body)
 
     @router.post("/predict", responses=WITH_BODY)
     async def predict(body: PredictRequest, request: Request) -> PredictResponse:

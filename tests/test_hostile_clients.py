@@ -277,7 +277,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(api: dict) -> 
     schema = schemathesis.openapi.from_url(f"{api['url']}/openapi.json", config=config, headers=auth(api, "bob"))
     schema = schema.exclude(path="/metrics")  # Prometheus text, checked by its own tests
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 5  # /health, /chat, /v1/models, /predict, /v1/chat/completions
+    assert len(operations) == 6  # /health, /chat, /v1/models, /v1/feedback, /predict, /v1/chat/completions
     for operation in operations:
         modes = [schemathesis.GenerationMode.POSITIVE]
         if operation.body:  # a GET without parameters has nothing to make invalid

@@ -19,12 +19,13 @@ import httpx
 import openai
 import pytest
 
-from qaforge.config import InferenceOptions
+from qaforge.config import InferenceOptions, QASource
 from qaforge.generation import Completion, Sampling
 from qaforge.prompting import encode_prompt
 from qaforge.records import ConversationRecord
 from qaforge.served import Answering
 from qaforge.sources.files import convert_path
+from qaforge.sources.qa_files import read_qa_file
 from serving.app import create_app
 from serving.engine import Engine
 from serving.keys import create_key, revoke_key
@@ -49,7 +50,7 @@ def api(base_model_dir: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     settings = ServeSettings(
         model_uri=base_model_dir, keys_file=keys_file, tokens_env="QAFORGE_TEST_UNSET", max_new_tokens=16,
         max_tokens_limit=64, max_prompt_tokens=120, max_messages=4, max_body_bytes=4096, batch_window_ms=200,
-        reload_seconds=0, conversation_log=root / "conversations.jsonl",
+        reload_seconds=0, conversation_log=root / "conversations.jsonl", feedback_log=root / "feedback.jsonl",
     )
     with running(create_app(settings), settings) as url:
         yield {"url": url, "keys": keys, "keys_file": keys_file, "root": root, "name": Path(base_model_dir).name}
@@ -250,6 +251,44 @@ def test_metrics_logs_and_conversation_log(api: dict, caplog: pytest.LogCaptureF
     assert logged.key == "alice" and logged.answer == answer.json()["output_text"]
     document = convert_path(log_file, 2**20).export_to_markdown()
     assert "Who maintains public chargers?" in document
+
+
+def test_logged_conversations_are_scrubbed_rated_and_imported_by_rating(api: dict) -> None:
+    """Whole conversations are logged with planted personal data replaced before anything
+    is written; people rate answers through /v1/feedback; `sources.qa` imports only the
+    answers rated as its `keep` says, each with the turns before it."""
+    client = openai.OpenAI(base_url=f"{api['url']}/v1", api_key=api["keys"]["alice"], max_retries=0)
+    planted = "Mail jane.doe@example.com, call +1 (555) 123-4567, card 4111 1111 1111 1111, SSN 123-45-6789."
+    conversation = [{"role": "user", "content": "What is CCS?"}, {"role": "assistant", "content": "A plug."},
+                    {"role": "user", "content": planted}]
+    ids = [client.chat.completions.with_raw_response.create(model=api["name"], messages=m, max_tokens=8)
+           .headers["x-request-id"] for m in (conversation, QUESTION)]
+    for request_id, rating in zip(ids, ("up", "down")):
+        rated = httpx.post(f"{api['url']}/v1/feedback", json={"request_id": request_id, "rating": rating},
+                           headers=auth(api), timeout=10)
+        assert rated.status_code == 200 and rated.json() == {"request_id": request_id, "rating": rating}
+    refused = httpx.post(f"{api['url']}/v1/feedback", json={"request_id": ids[0], "rating": "meh"},
+                         headers=auth(api), timeout=10)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "rating"
+
+    log_file = api["root"] / "conversations.jsonl"
+    text = log_file.read_text()
+    for personal in ("jane.doe@example.com", "555) 123-4567", "4111 1111 1111 1111", "123-45-6789"):
+        assert personal not in text, personal
+    logged = next(ConversationRecord.model_validate_json(line) for line in text.splitlines()
+                  if ids[0] in line)
+    assert [m["role"] for m in logged.messages] == ["user", "assistant", "user", "assistant"]
+    assert logged.messages[1]["weight"] == 0 and logged.messages[-1]["content"] == logged.answer
+    assert "[EMAIL_1]" in logged.messages[2]["content"] and "[CREDIT_CARD_1]" in logged.messages[2]["content"]
+
+    feedback = api["root"] / "feedback.jsonl"
+    [pair] = read_qa_file(QASource(path=log_file, feedback=feedback))
+    assert pair.question == logged.messages[2]["content"] and pair.answer == logged.answer
+    assert [t.question for t in pair.history] == ["What is CCS?"]
+    not_down = read_qa_file(QASource(path=log_file, feedback=feedback, keep="not_down"))
+    unrated = [ConversationRecord.model_validate_json(line) for line in text.splitlines()
+               if ids[0] not in line and ids[1] not in line]
+    assert len(not_down) == 1 + len(unrated), "every answer but the one rated down"
 
 
 def cancelled(api: dict) -> float:

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from qaforge.config import QAFormat, QASource
-from qaforge.records import QAPair, Turn, joined_text_parts
+from pydantic import ValidationError
+
+from qaforge.config import FeedbackFilter, QAFormat, QASource
+from qaforge.records import FeedbackRecord, QAPair, Rating, Turn, joined_text_parts
 
 IMPORTED = "imported"  # the kind of a pair read from sources.qa
 MAX_LISTED = 10  # bad lines named in one error; the count says how many more
@@ -54,9 +56,31 @@ def qa_format(source: QASource) -> QAFormat:
     raise QAFileError(f"{source.path}: no pairs: the file is empty")
 
 
+def ratings(path: Path) -> dict[str, Rating]:
+    """Each rated request's latest rating in a feedback log (serving.feedback_log)."""
+    latest: dict[str, Rating] = {}
+    for number, line in _lines(path):
+        try:
+            record = FeedbackRecord.model_validate_json(line)
+        except ValidationError as exc:
+            raise QAFileError(f"{path}:{number}: not a feedback record: {exc.errors()[0]['msg']}") from None
+        latest[record.request_id] = record.rating
+    return latest
+
+
+def _rated_as_kept(row: dict[str, Any], rated: dict[str, Rating], keep: FeedbackFilter) -> bool:
+    request_id = row.get("request_id")
+    if not isinstance(request_id, str):
+        raise _BadLine("request_id: missing, and `feedback` matches ratings to lines by it")
+    rating = rated.get(request_id)
+    return rating is Rating.UP if keep is FeedbackFilter.UP else rating is not Rating.DOWN
+
+
 def read_qa_file(source: QASource) -> list[QAPair]:
-    """Every pair of the file, or QAFileError naming each bad line."""
+    """Every pair of the file (of the lines its feedback keeps, given one), or
+    QAFileError naming each bad line."""
     fmt = qa_format(source)
+    rated = ratings(source.feedback) if source.feedback else None
     rows = _csv_rows(source) if fmt is QAFormat.CSV else _json_rows(source.path)
     pairs: list[QAPair] = []
     errors: list[str] = []
@@ -64,6 +88,8 @@ def read_qa_file(source: QASource) -> list[QAPair]:
         try:
             if isinstance(row, str):
                 raise _BadLine(row)
+            if rated is not None and not _rated_as_kept(row, rated, source.keep):
+                continue
             group = row.get(source.group_field)
             if group is not None and not isinstance(group, str | int):
                 raise _BadLine(f"{source.group_field}: a string or a number, not {type(group).__name__}")
@@ -77,7 +103,8 @@ def read_qa_file(source: QASource) -> list[QAPair]:
         listed = errors[:MAX_LISTED] + ([f"... and {len(errors) - MAX_LISTED} more"] if len(errors) > MAX_LISTED else [])
         raise QAFileError(f"{len(errors)} bad line(s) in {source.path} ({fmt} format):\n  " + "\n  ".join(listed))
     if not pairs:
-        raise QAFileError(f"{source.path}: no pairs: the file is empty")
+        kept = f" rated as `keep: {source.keep}` asks in {source.feedback}" if source.feedback else ""
+        raise QAFileError(f"{source.path}: no pairs{kept}")
     return pairs
 
 

@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from qaforge.prompting import build_messages
+from qaforge.prompting import build_messages, unweighted_history
 from qaforge.records import QADataset, QAPair, QuestionSet
 
 SPLITS = ("train", "val", "test")
@@ -16,11 +16,8 @@ SPLITS = ("train", "val", "test")
 def _messages(pair: QAPair, system_prompt: str | None) -> list[dict[str, Any]]:
     """The conversation; earlier answers carry OpenAI's `"weight": 0`, since each is a
     pair (and trained on) of its own."""
-    messages: list[dict[str, Any]] = [
-        {**m, "weight": 0} if m["role"] == "assistant" else m
-        for m in build_messages(pair.question, system_prompt, pair.history)
-    ]
-    return [*messages, {"role": "assistant", "content": pair.answer}]
+    return [*unweighted_history(build_messages(pair.question, system_prompt, pair.history)),
+            {"role": "assistant", "content": pair.answer}]
 
 
 def _jsonl(path: Path, rows: list[dict]) -> None:
