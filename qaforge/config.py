@@ -296,8 +296,16 @@ class TeacherConfig(EndpointConfig):
     {answer_style}. A pair may carry `follow_up_question`/`follow_up_answer`, which
     becomes a second, multi-turn example."""
 
+    name: str | None = Field(default=None, description="Its name in logs and counts; default: `model`.")
     system_prompt: str
     user_prompt: str
+    answer_prompt: str = Field(
+        default=(
+            "Passages:\n{passages}\n\nQuestion: {question}\n\nAnswer the question from the passages only, as "
+            "{answer_style}. Set supported to false if the passages do not hold the answer."
+        ),
+        description="For `synthesis.questions`: may use {question}, {passages} and {answer_style}.",
+    )
     styles: dict[str, float] = Field(
         default_factory=lambda: {"factual": 0.4, "how-to": 0.2, "why": 0.2, "comparison": 0.2},
         description="Question style -> share of the questions asked for.",
@@ -314,6 +322,7 @@ class TeacherConfig(EndpointConfig):
         for name, fields in (
             ("user_prompt", {"title": "", "headings": "", "chunk": "", "n": 1, "styles": "", "answer_style": ""}),
             ("judge_prompt", {"chunk": "", "question": "", "answer": ""}),
+            ("answer_prompt", {"question": "", "passages": "", "answer_style": ""}),
         ):
             try:
                 (getattr(self, name) or "").format(**fields)
@@ -323,10 +332,26 @@ class TeacherConfig(EndpointConfig):
             raise ValueError("styles needs at least one style with a positive share")
         return self
 
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
 
 class SynthesisConfig(_Strict):
     generator: Generator = Generator.OFFLINE
     teacher: TeacherConfig | None = None
+    teachers: list[TeacherConfig] = Field(
+        default_factory=list,
+        description="More teachers: each writes pairs for every chunk and answers every user question. Of "
+        "near-duplicate questions, and of the answers to one user question, the one best grounded in its passage "
+        "is kept (the report counts each teacher's).",
+    )
+    questions: Path | None = Field(
+        default=None,
+        description="Users' questions without answers, one per line: every teacher answers each from the "
+        "`question_passages` passages BM25 finds for it, and the best-grounded supported answer is kept.",
+    )
+    question_passages: int = Field(default=3, ge=1, le=10)
     max_pairs_per_chunk: int = Field(default=6, ge=1)
     min_grounding: float = Field(
         default=0.8, ge=0, le=1, description="Share of answer tokens found in the chunk."
@@ -354,9 +379,16 @@ class SynthesisConfig(_Strict):
 
     @model_validator(mode="after")
     def _teacher_configured(self) -> SynthesisConfig:
-        if self.generator is Generator.TEACHER and self.teacher is None:
-            raise ValueError("generator 'teacher' needs a teacher section")
+        if (self.generator is Generator.TEACHER or self.questions) and not self.all_teachers:
+            raise ValueError("generator 'teacher' and questions need a teacher (or teachers) section")
+        labels = [t.label for t in self.all_teachers]
+        if len(set(labels)) < len(labels):
+            raise ValueError(f"two teachers are called {max(labels, key=labels.count)!r}: give them names")
         return self
+
+    @property
+    def all_teachers(self) -> list[TeacherConfig]:
+        return ([self.teacher] if self.teacher else []) + self.teachers
 
 
 class ReplayConfig(_Strict):

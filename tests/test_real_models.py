@@ -74,7 +74,7 @@ def test_without_structured_outputs_a_teacher_that_yields_nothing_stops_the_run(
     with pytest.raises(RuntimeError) as caught:
         teacher_pairs(sample_chunks.chunks[:2], cfg, tmp_path)
     message = str(caught.value)
-    assert "gave no usable pair for any of the 2 chunks asked: 2 of 2 replies were not the JSON" in message
+    assert "gave nothing usable for any of the 2 chunks asked: 2 of 2 replies were not the JSON" in message
     shown = message.partition("Replies such as: ")[2]
     assert shown[:1] in "'\"" and len(shown) > 100, message  # the replies themselves, quoted
 

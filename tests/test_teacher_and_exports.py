@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from datasets import load_dataset
 from qaforge.chat_client import EndpointError
 from qaforge.config import SynthesisConfig, TeacherConfig
 from qaforge.records import Chunk, ChunkSet
-from qaforge.synthesis import synthesize
+from qaforge.synthesis import USER_QUESTION, generate_pairs, synthesize
 from qaforge.synthesis.exports import dataset_card, write_exports
 from qaforge.synthesis.teacher import teacher_pairs
 
@@ -156,6 +157,54 @@ def test_an_endpoint_without_structured_outputs_is_asked_as_it_can_answer(tmp_pa
         assert teacher.formats == ["json_schema", *refuses[1:], used, used], teacher.formats
 
 
+def two_teachers(grounded: bool) -> Callable[[dict], tuple[int, dict]]:
+    """A teacher whose pairs and answers quote the text (grounded), or one that adds words
+    of its own; both ask the same question of a chunk, and the second answers the user
+    questions vaguely, calling one unsupported by its passages."""
+    def reply(body: dict) -> tuple[int, dict]:
+        user = body["messages"][1]["content"]
+        if user.startswith("Passages:"):
+            question = user.partition("Question: ")[2].partition("\n")[0]
+            topic = "CHAdeMO" if "CHAdeMO" in question else "Level 2"
+            sentence = next(t for t in TOPICS.values() if topic in t)
+            answer = {"answer": sentence if grounded else "It depends on many things in general.",
+                      "supported": grounded or topic == "Level 2"}
+            return 200, chat_completion(body, json.dumps(answer))
+        tag = next(t for t in TOPICS if f"{t}. " in user)
+        answer = TOPICS[tag] if grounded else f"{TOPICS[tag][:-1]}, usually."  # still grounded enough to pass
+        pair = {"question": f"What does the guide say about {tag.lower()}?", "answer": answer, "style": "factual"}
+        return 200, chat_completion(body, json.dumps({"pairs": [pair]}))
+    return reply
+
+
+def test_several_teachers_and_users_questions(tmp_path: Path) -> None:
+    """Two teachers write the same questions: the pair grounded in its chunk is kept. Users'
+    questions are answered by both from the passages retrieved for them: the grounded,
+    supported answer is kept, on the passage that holds it. The counts say whose won."""
+    questions = tmp_path / "questions.txt"
+    questions.write_text("How much power does a Level 2 charger deliver?\n# asked at the front desk\n\n"
+                         "Who developed the CHAdeMO connector?\n")
+    chunks = ChunkSet(chunks=[chunk(tag, f"doc{i}") for i, tag in enumerate(["plain", "REFUSE", "MALFORMED"])])
+    with serve_chat(two_teachers(grounded=False)) as vague, serve_chat(two_teachers(grounded=True)) as good:
+        # The vague teacher comes first: ties and order would favour it.
+        cfg = SynthesisConfig(
+            generator="teacher", cache_dir=tmp_path / "cache", questions=questions,
+            teacher=teacher_config(vague).model_copy(update={"name": "vague"}),
+            teachers=[teacher_config(good).model_copy(update={"name": "good"})],
+        )
+        pairs, dropped, stats = generate_pairs(chunks, cfg)
+    users = {p.question: p for p in pairs if p.kind == USER_QUESTION}
+    assert set(users) == {"How much power does a Level 2 charger deliver?", "Who developed the CHAdeMO connector?"}
+    assert users["Who developed the CHAdeMO connector?"].answer == TOPICS["REFUSE"]
+    assert users["How much power does a Level 2 charger deliver?"].chunk_id == "doc0-plain"
+    written = [p for p in pairs if p.kind == "factual"]
+    assert sorted(p.answer for p in written) == sorted(TOPICS[t] for t in ("plain", "REFUSE", "MALFORMED")), \
+        "of each pair of near-duplicate questions, the grounded one"
+    assert stats["kept/good"] == len(pairs) and "kept/vague" not in stats, stats
+    assert stats["questions"] == 2 and stats["questions_unsupported"] == 0
+    assert stats["requests"] == 2 * (len(chunks.chunks) + 2) and dropped["duplicate_question"] == 3
+
+
 def test_teacher_auth_error_is_clear(tmp_path: Path) -> None:
     teacher = TeacherServer()
     teacher.status = 401
@@ -175,7 +224,7 @@ def test_bad_prompt_placeholder_is_named() -> None:
     with pytest.raises(ConfigError, match=r"synthesis\.teacher: Value error, user_prompt uses an unknown placeholder 'text'"):
         validate_config(raw)
     raw["synthesis"].pop("teacher")
-    with pytest.raises(ConfigError, match="generator 'teacher' needs a teacher section"):
+    with pytest.raises(ConfigError, match="generator 'teacher' and questions need a teacher \(or teachers\) section"):
         validate_config(raw)
 
 

@@ -9,13 +9,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from qaforge.chat_client import Usage
 from qaforge.config import Generator, SynthesisConfig
 from qaforge.records import Chunk, ChunkSet, QADataset, QAPair, Turn
 from qaforge.refusal import is_refusal
 from qaforge.synthesis.filters import QuestionIndex, grounding, malformed
 from qaforge.synthesis.offline import follow_ups_for_chunk, pairs_for_chunk, sentences, styled
 from qaforge.synthesis.split import split_by_document, unanswerable_pairs
-from qaforge.synthesis.teacher import teacher_pairs
+from qaforge.synthesis.teacher import teacher_answers, teacher_pairs
+
+USER_QUESTION = "user-question"  # the kind of a pair from synthesis.questions
 
 
 @dataclass(frozen=True)
@@ -26,25 +29,91 @@ class Candidate:
     answer: str
     history: tuple[Turn, ...] = ()
     rephrasings: tuple[str, ...] = ()  # the same question in other words
+    teacher: str = ""  # which teacher wrote it, with several
+
+
+def read_questions(path: Path) -> list[str]:
+    """Users' questions, one per line (blank lines and # comments skipped)."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"synthesis.questions: cannot read {path}: {exc}") from None
+    questions = [" ".join(line.split()) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not questions:
+        raise ValueError(f"synthesis.questions: {path} holds no question")
+    return questions
+
+
+def _sum_usage(usages: list[Usage]) -> dict[str, int]:
+    stats: Counter[str] = Counter()
+    for usage in usages:
+        stats.update({k: v for k, v in vars(usage).items() if isinstance(v, int)})
+        stats["failed_chunks"] += len(usage.failed_chunks)
+    return dict(stats)
+
+
+def teacher_candidates(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[Candidate], dict[str, int]]:
+    """Every teacher's pairs for every chunk; with several, each chunk's pairs best
+    grounded first, so that of near-duplicate questions the filters keep that one."""
+    found: list[Candidate] = []
+    usages = []
+    for teacher in cfg.all_teachers:
+        by_chunk, usage = teacher_pairs(chunks.chunks, teacher, Path(cfg.cache_dir) / "teacher",
+                                        cfg.answer_style.wording)
+        usages.append(usage)
+        for chunk in chunks.chunks:
+            for p in by_chunk.get(chunk.chunk_id, []):
+                found.append(Candidate(chunk, p.style, p.question, p.answer, teacher=teacher.label))
+                if p.follow_up_question and p.follow_up_answer:
+                    first = Turn(question=p.question, answer=p.answer)
+                    found.append(Candidate(chunk, "follow-up", p.follow_up_question, p.follow_up_answer, (first,),
+                                           teacher=teacher.label))
+    if len(cfg.all_teachers) > 1:
+        order = {c.chunk_id: i for i, c in enumerate(chunks.chunks)}
+        found.sort(key=lambda c: (order[c.chunk.chunk_id], -grounding(c.answer, c.chunk.text)))
+    return found, _sum_usage(usages)
+
+
+def question_candidates(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[Candidate], dict[str, int]]:
+    """Users' questions answered by the teachers from the passages BM25 finds for each:
+    of the answers the teachers say the passages support, the best grounded in them,
+    as a pair on the passage that grounds it best."""
+    from qaforge.retrieval import Retriever
+
+    assert cfg.questions is not None
+    questions = read_questions(cfg.questions)
+    retriever = Retriever.build(chunks)
+    by_id = {c.chunk_id: c for c in chunks.chunks}
+    asks = [(q, [by_id[p.chunk_id] for p in retriever.search(q, cfg.question_passages)]) for q in questions]
+    replies, usages = [], []
+    for teacher in cfg.all_teachers:
+        answers, usage = teacher_answers(asks, teacher, Path(cfg.cache_dir) / "teacher", cfg.answer_style.wording)
+        replies.append(answers)
+        usages.append(usage)
+    found: list[Candidate] = []
+    unsupported = 0
+    for i, (question, passages) in enumerate(asks):
+        supported = [(teacher.label, r.answer) for teacher, answers in zip(cfg.all_teachers, replies)
+                     if (r := answers[i]) is not None and r.supported]
+        if not supported or not passages:
+            unsupported += 1
+            continue
+        context = " ".join(p.text for p in passages)
+        label, answer = max(supported, key=lambda t: grounding(t[1], context))  # the first teacher wins a tie
+        chunk = max(passages, key=lambda p: grounding(answer, p.text))
+        found.append(Candidate(chunk, USER_QUESTION, question, answer, teacher=label))
+    return found, _sum_usage(usages) | {"questions": len(questions), "questions_unsupported": unsupported}
 
 
 def candidate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[Candidate], dict[str, int]]:
     """Candidate pairs from the configured generator, and its usage counts."""
     found: list[Candidate] = []
+    stats: dict[str, int] = {}
+    if cfg.questions is not None:
+        found, stats = question_candidates(chunks, cfg)
     if cfg.generator is Generator.TEACHER:
-        if cfg.teacher is None:  # SynthesisConfig refuses this; a config built without validation may not
-            raise ValueError("synthesis.generator is 'teacher' but there is no synthesis.teacher section")
-        by_chunk, usage = teacher_pairs(
-            chunks.chunks, cfg.teacher, Path(cfg.cache_dir) / "teacher", cfg.answer_style.wording
-        )
-        for chunk in chunks.chunks:
-            for p in by_chunk.get(chunk.chunk_id, []):
-                found.append(Candidate(chunk, p.style, p.question, p.answer))
-                if p.follow_up_question and p.follow_up_answer:
-                    first = Turn(question=p.question, answer=p.answer)
-                    found.append(Candidate(chunk, "follow-up", p.follow_up_question, p.follow_up_answer, (first,)))
-        stats = {k: v for k, v in vars(usage).items() if isinstance(v, int)}
-        return found, {**stats, "failed_chunks": len(usage.failed_chunks)}
+        pairs, usage = teacher_candidates(chunks, cfg)
+        return found + pairs, {k: stats.get(k, 0) + usage.get(k, 0) for k in stats | usage}
     for chunk in chunks.chunks:
         for kind, (question, *rephrasings), answer in pairs_for_chunk(chunk, cfg.max_pairs_per_chunk):
             found.append(Candidate(chunk, kind, question, styled(answer, kind, cfg.answer_style), (),
@@ -53,13 +122,14 @@ def candidate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[Candid
             found.append(
                 Candidate(chunk, "follow-up", question, styled(answer, "fact", cfg.answer_style), (first,))
             )
-    return found, {}
+    return found, stats
 
 
 def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair], Counter, dict[str, int]]:
     """Generated pairs that pass the filters, each question followed by its rephrasings
     (numbered by `phrasing`); drops are counted per filter."""
     found, stats = candidate_pairs(chunks, cfg)
+    kept_by: Counter[str] = Counter()  # with several teachers: whose pairs the filters kept
     pairs: list[QAPair] = []
     dropped: Counter = Counter({"judge": stats["judge_rejected"]} if stats.get("judge_rejected") else {})
     questions = QuestionIndex(cfg.max_question_similarity)
@@ -86,6 +156,8 @@ def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair]
             phrasings = [question] + [q for q in candidate.rephrasings if not malformed(q)]
             if len(phrasings) <= len(candidate.rephrasings):
                 dropped["malformed"] += len(candidate.rephrasings) + 1 - len(phrasings)
+            if candidate.teacher and len(cfg.all_teachers) > 1:
+                kept_by[f"kept/{candidate.teacher}"] += 1
             pairs += [
                 QAPair(
                     history=list(candidate.history),
@@ -100,7 +172,7 @@ def generate_pairs(chunks: ChunkSet, cfg: SynthesisConfig) -> tuple[list[QAPair]
                 )
                 for i, q in enumerate(phrasings)
             ]
-    return pairs, dropped, stats
+    return pairs, dropped, stats | dict(kept_by)
 
 
 Group = tuple[str, str, str]

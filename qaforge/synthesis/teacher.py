@@ -13,8 +13,9 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from tqdm import tqdm
@@ -70,6 +71,13 @@ def reply_schema(n: int, max_tokens: int) -> type[BaseModel]:
     return create_model("TeacherReply", pairs=(list[pair], Field(min_length=1, max_length=n)))  # type: ignore[valid-type]
 
 
+class TeacherAnswer(BaseModel):
+    """A teacher's answer to a user's question from the passages retrieved for it."""
+
+    answer: str = Field(min_length=1, max_length=1200)
+    supported: bool = Field(description="Whether the passages hold the answer.")
+
+
 class JudgedPairs(BaseModel):
     """What is cached per chunk: the pairs, and the judge's verdicts when asked."""
 
@@ -113,6 +121,17 @@ def cache_key(chunk: Chunk, cfg: TeacherConfig, answer_style: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
+def passages_text(passages: list[Chunk]) -> str:
+    return "\n\n".join(f"[{i}] {p.title} ({' > '.join(p.headings)})\n{p.text}" for i, p in enumerate(passages, 1))
+
+
+def answer_key(question: str, passages: list[Chunk], cfg: TeacherConfig, answer_style: str) -> str:
+    settings = cfg.model_dump(exclude={"concurrency", "retries", "timeout_seconds", "api_key_env", "name"})
+    payload = json.dumps({"question": question, "passages": [p.text for p in passages], "settings": settings,
+                          "answer_style": answer_style}, sort_keys=True)
+    return "answer-" + hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
 class TeacherClient(ChatClient):
     cfg: TeacherConfig
 
@@ -133,64 +152,108 @@ class TeacherClient(ChatClient):
             verdicts.append(await self.ask([{"role": "user", "content": prompt}], Verdict))
         return JudgedPairs(pairs=pairs, verdicts=verdicts)
 
+    async def answer(self, question: str, passages: list[Chunk]) -> TeacherAnswer:
+        prompt = self.cfg.answer_prompt.format(question=question, passages=passages_text(passages),
+                                               answer_style=self.answer_style)
+        return await self.ask([{"role": "system", "content": self.cfg.system_prompt},
+                               {"role": "user", "content": prompt}], TeacherAnswer)
 
-def teacher_pairs(
-    chunks: list[Chunk], cfg: TeacherConfig, cache_dir: Path, answer_style: str = "one or two full sentences"
-) -> tuple[dict[str, list[TeacherPair]], Usage]:
-    """Pairs per chunk id (those the judge passed, if one is configured). A chunk
-    whose requests all fail is recorded, not fatal."""
-    usage = Usage()
-    judged: dict[str, JudgedPairs] = {}
-    todo: list[Chunk] = []
-    for chunk in chunks:
-        path = cache_dir / f"{cache_key(chunk, cfg, answer_style)}.json"
+
+R = TypeVar("R", bound=BaseModel)
+Job = tuple[str, Callable[["TeacherClient"], Awaitable[R]]]  # (cache key, the request)
+
+
+def _cached_asks(jobs: dict[str, Job[R]], schema: type[R], cfg: TeacherConfig, answer_style: str, cache_dir: Path,
+                 usage: Usage, unit: str) -> tuple[dict[str, R], list[str]]:
+    """Each job's result by its id, from the cache or asked now (concurrently, each
+    saved as it arrives, so a crash loses only what is in flight); and the ids asked. A
+    job whose requests all fail is recorded in `usage`, not fatal; an endpoint error
+    (401, 404) stops everything."""
+    found: dict[str, R] = {}
+    todo = []
+    for job_id, (key, _) in jobs.items():
         try:
-            judged[chunk.chunk_id] = JudgedPairs.model_validate_json(path.read_text())
+            found[job_id] = schema.model_validate_json((cache_dir / f"{key}.json").read_text())
             usage.cached_chunks += 1
         except (OSError, ValueError):  # not asked yet, or an unreadable file: ask again
-            todo.append(chunk)
+            todo.append(job_id)
 
     async def run() -> None:
         client = TeacherClient(cfg, usage, answer_style)
         semaphore = asyncio.Semaphore(cfg.concurrency)
-        progress = tqdm(total=len(todo), desc="teacher", unit="chunk")
+        progress = tqdm(total=len(todo), desc=f"teacher {cfg.label}", unit=unit)
 
-        async def one(chunk: Chunk) -> None:
+        async def one(job_id: str) -> None:
+            key, ask = jobs[job_id]
             async with semaphore:
                 try:
-                    answer = await client.judged_pairs(chunk)
+                    result = await ask(client)
                 except EndpointError:
                     raise
-                except Exception as exc:  # one chunk's failure never loses the others
-                    log.warning("teacher: chunk %s: %s: %s", chunk.chunk_id, type(exc).__name__, exc)
-                    usage.failed_chunks.append(chunk.chunk_id)
+                except Exception as exc:  # one job's failure never loses the others
+                    log.warning("teacher %s: %s %s: %s: %s", cfg.label, unit, job_id, type(exc).__name__, exc)
+                    usage.failed_chunks.append(job_id)
                 else:
-                    judged[chunk.chunk_id] = answer
-                    # Saved as each answer arrives, so a crash loses only what is in flight.
-                    write_atomic(cache_dir / f"{cache_key(chunk, cfg, answer_style)}.json", answer.model_dump_json())
+                    found[job_id] = result
+                    write_atomic(cache_dir / f"{key}.json", result.model_dump_json())
                 finally:
                     progress.update()
 
         try:
-            await asyncio.gather(*(one(c) for c in todo))
+            await asyncio.gather(*(one(job_id) for job_id in todo))
         finally:
             progress.close()
             await client.aclose()
 
     if todo:
         asyncio.run(run())
-        if not any(judged.get(c.chunk_id) and judged[c.chunk_id].pairs for c in todo):
-            shown = "; ".join(repr(r) for r in usage.samples) or "none was unparseable"
-            raise RuntimeError(
-                f"the teacher at {cfg.base_url} gave no usable pair for any of the {len(todo)} chunks asked: "
-                f"{usage.unparseable} of {usage.requests} replies were not the JSON asked for, "
-                f"{len(usage.failed_chunks)} chunks failed (the log says why). Replies such as: {shown}"
-            )
+    return found, todo
+
+
+def _nothing_usable(cfg: TeacherConfig, usage: Usage, asked: int, unit: str) -> RuntimeError:
+    shown = "; ".join(repr(r) for r in usage.samples) or "none was unparseable"
+    return RuntimeError(
+        f"the teacher {cfg.label} at {cfg.base_url} gave nothing usable for any of the {asked} {unit}s asked: "
+        f"{usage.unparseable} of {usage.requests} replies were not the JSON asked for, {len(usage.failed_chunks)} "
+        f"{unit}s failed (the log says why). Replies such as: {shown}"
+    )
+
+
+def teacher_pairs(
+    chunks: list[Chunk], cfg: TeacherConfig, cache_dir: Path, answer_style: str = "one or two full sentences"
+) -> tuple[dict[str, list[TeacherPair]], Usage]:
+    """Pairs per chunk id (those the judge passed, if one is configured). A chunk
+    whose requests all fail is recorded, not fatal; a teacher that yields nothing
+    usable for any chunk asked stops the run, showing what came back."""
+    usage = Usage()
+    jobs: dict[str, Job[JudgedPairs]] = {
+        c.chunk_id: (cache_key(c, cfg, answer_style), functools.partial(TeacherClient.judged_pairs, chunk=c))
+        for c in chunks
+    }
+    judged, asked = _cached_asks(jobs, JudgedPairs, cfg, answer_style, cache_dir, usage, "chunk")
+    if asked and not any(judged.get(c) and judged[c].pairs for c in asked):
+        raise _nothing_usable(cfg, usage, len(asked), "chunk")
     results = {chunk_id: j.kept(cfg.judge_min_score) for chunk_id, j in judged.items()}
     usage.judge_rejected = sum(len(j.pairs) for j in judged.values()) - sum(map(len, results.values()))
     log.info(
-        "teacher: %d requests, %d prompt + %d completion tokens, %d unparseable replies, %d repairs, %d chunks from "
-        "cache, %d failed", usage.requests, usage.prompt_tokens, usage.completion_tokens, usage.unparseable,
-        usage.repairs, usage.cached_chunks, len(usage.failed_chunks),
+        "teacher %s: %d requests, %d prompt + %d completion tokens, %d unparseable replies, %d repairs, %d chunks "
+        "from cache, %d failed", cfg.label, usage.requests, usage.prompt_tokens, usage.completion_tokens,
+        usage.unparseable, usage.repairs, usage.cached_chunks, len(usage.failed_chunks),
     )
     return results, usage
+
+
+def teacher_answers(asks: list[tuple[str, list[Chunk]]], cfg: TeacherConfig, cache_dir: Path,
+                    answer_style: str = "one or two full sentences") -> tuple[list[TeacherAnswer | None], Usage]:
+    """The teacher's answer to each user question from its passages, in order (None
+    where its requests failed)."""
+    usage = Usage()
+    jobs: dict[str, Job[TeacherAnswer]] = {
+        str(i): (answer_key(question, passages, cfg, answer_style),
+                 functools.partial(TeacherClient.answer, question=question, passages=passages))
+        for i, (question, passages) in enumerate(asks)
+    }
+    found, asked = _cached_asks(jobs, TeacherAnswer, cfg, answer_style, cache_dir, usage, "question")
+    if asked and not any(str(i) in found for i in map(int, asked)):
+        raise _nothing_usable(cfg, usage, len(asked), "question")
+    return [found.get(str(i)) for i in range(len(asks))], usage
