@@ -16,7 +16,7 @@ from qaforge.config import InferenceOptions, ModelConfig
 from qaforge.fsutil import file_sha256
 from qaforge.generation import Sampling, generate
 from qaforge.hardware import Machine, decide, quantization_config
-from qaforge.prompting import encode_prompt
+from qaforge.prompting import DEFAULT_CHAT_TEMPLATE, encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ def load_tokenizer(path: str) -> Any:
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
     return tokenizer
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,13 +84,50 @@ def with_system_prompt(messages: list[dict[str, str]], system_prompt: str | None
     return messages
 
 
-def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+# The chat template of a tokenizer that has none (a base model's): ChatML, the format of
+# the default base model and of many small instruct models. Set where tokenizers are
+# loaded, so training saves it with the model and serving reads it back.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# Templates that reject the system role, found once per tokenizer.
+_NO_SYSTEM: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def takes_system_role(tokenizer: Any) -> bool:
+    if tokenizer not in _NO_SYSTEM:
+        try:
+            tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                          tokenize=False, add_generation_prompt=True)
+            _NO_SYSTEM[tokenizer] = False
+        except Exception:  # jinja2's TemplateError from the template's raise_exception, whatever its wording
+            _NO_SYSTEM[tokenizer] = True
+    return not _NO_SYSTEM[tokenizer]
+
+
+def fit_template(tokenizer: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages as the tokenizer's chat template takes them. A template that
+    rejects the system role (Gemma's, some Mistral ones) gets the system prompt at the
+    start of the first user turn, a blank line before the question, as those models'
+    cards advise; training, evaluation and serving all render through here."""
+    if not messages or messages[0]["role"] != "system" or takes_system_role(tokenizer):
+        return messages
+    system, *rest = messages
+    if not rest or rest[0]["role"] != "user":
+        raise ValueError("a system message must be followed by a user message for a template without a system role")
+    return [rest[0] | {"content": f"{system['content']}\n\n{rest[0]['content']}"}, *rest[1:]]
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
     """Chat-template text up to where the assistant's answer starts.
 
-    trl builds its prompt/completion training examples with this same call, so a
-    prompt rendered here is token-for-token the prompt the model was trained on.
+    trl builds its prompt/completion training examples with this same call (on rows
+    `fit_template` made), so a prompt rendered here is token-for-token the prompt the
+    model was trained on.
     """
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(fit_template(tokenizer, messages), tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -100,6 +138,7 @@ def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     template's own pieces keep their special tokens and the contents never get any.
     For ordinary text the ids are the ones `tokenizer(render_prompt(...))` gives.
     """
+    messages = fit_template(tokenizer, messages)
     marker = f"\x00{secrets.token_hex(8)}\x00"
     marked = [m | {"content": f"{marker}{i}{marker}"} for i, m in enumerate(messages)]
     pieces = render_prompt(tokenizer, marked).split(marker)

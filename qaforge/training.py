@@ -48,7 +48,7 @@ from qaforge.hardware import (
     quantization_config,
 )
 from qaforge.modeling import load_tokenizer, resolve_base_model
-from qaforge.prompting import build_messages, retrieval_query
+from qaforge.prompting import build_messages, fit_template, retrieval_query, takes_system_role
 from qaforge.records import Passage, QADataset, QAPair, Turn
 from qaforge.retrieval import Retriever
 
@@ -108,6 +108,14 @@ def sft_rows(found: list[Example], system_prompt: str | None) -> list[dict[str, 
     ]
 
 
+def as_template_takes(rows: Dataset, tokenizer: Any) -> Dataset:
+    """Rows whose prompts the tokenizer's template can render (`fit_template`), as the
+    server renders its prompts."""
+    if takes_system_role(tokenizer):
+        return rows
+    return rows.map(lambda row: {"prompt": fit_template(tokenizer, row["prompt"])})
+
+
 def sft_dataset(found: list[Example], system_prompt: str | None) -> Dataset:
     return Dataset.from_list(sft_rows(found, system_prompt))
 
@@ -119,7 +127,8 @@ def check_lengths(rows: list[dict[str, Any]], tokenizer: Any, max_length: int, s
     over `max_length` is an error that names it and the length it needs."""
     longest = 0
     for i, row in enumerate(rows):
-        length = len(tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)["input_ids"])
+        conversation = fit_template(tokenizer, row["prompt"]) + row["completion"]
+        length = len(tokenizer.apply_chat_template(conversation, tokenize=True)["input_ids"])
         if length > max_length:
             question = row["prompt"][-1]["content"].rpartition("Question: ")[2]
             raise ValueError(
@@ -300,12 +309,13 @@ def fit(
     model = load_trainable_model(base_dir, cfg.method, compute)
     if cfg.trainable_layers is not None:
         train_top_layers(model, cfg.trainable_layers)
+    tokenizer = load_tokenizer(base_dir)
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=train_set,
-        eval_dataset=val_set if evaluate else None,
-        processing_class=load_tokenizer(base_dir),
+        train_dataset=as_template_takes(train_set, tokenizer),
+        eval_dataset=as_template_takes(val_set, tokenizer) if evaluate and val_set is not None else None,
+        processing_class=tokenizer,
         peft_config=None
         if cfg.method is Method.FULL
         else LoraConfig(

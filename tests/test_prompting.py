@@ -1,17 +1,41 @@
 """The prompt the model is trained on is token-for-token the prompt it is served with."""
 
+import copy
+
 import pytest
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from qaforge.prompting import build_messages, encode_prompt, render_prompt, with_system_prompt
+from qaforge.modeling import load_tokenizer
+from qaforge.prompting import (
+    DEFAULT_CHAT_TEMPLATE,
+    build_messages,
+    encode_prompt,
+    render_prompt,
+    with_system_prompt,
+)
 from qaforge.records import QAPair, Turn
-from qaforge.training import examples, sft_dataset
+from qaforge.training import as_template_takes, examples, sft_dataset
+
+# Gemma's template in shape (an error for a system message), with markers this
+# tokenizer has as special tokens, as Gemma's tokenizer has its own.
+NO_SYSTEM_ROLE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
 
 
+@pytest.mark.parametrize("template", ["own", "no system role"])
 @pytest.mark.parametrize("history", [[], [Turn(question="What is Level 2?", answer="Level 2 is AC charging.")]])
-def test_training_prompt_tokens_equal_served_prompt_tokens(base_model_dir, tokenizer, tmp_path, history) -> None:
+def test_training_prompt_tokens_equal_served_prompt_tokens(base_model_dir, tokenizer, tmp_path, history,
+                                                           template) -> None:
+    """Token for token, what trl trains on is what the server asks, also for a template
+    that rejects the system role: there the system prompt opens the first user turn."""
+    if template == "no system role":
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.chat_template = NO_SYSTEM_ROLE
     system = "You answer questions about EV charging."
     pair = QAPair(
         history=history, question="What does Level 2 charging use?", answer="Level 2 charging uses 240 V.",
@@ -20,7 +44,7 @@ def test_training_prompt_tokens_equal_served_prompt_tokens(base_model_dir, token
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(base_model_dir),
         args=SFTConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_length=256),
-        train_dataset=sft_dataset(examples([pair]), system),
+        train_dataset=as_template_takes(sft_dataset(examples([pair]), system), tokenizer),
         processing_class=tokenizer,
         peft_config=LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
@@ -35,6 +59,8 @@ def test_training_prompt_tokens_equal_served_prompt_tokens(base_model_dir, token
     assert labels[n:] == example["input_ids"][n:], "loss on every answer token"
     answer = tokenizer.decode(example["input_ids"][n:], skip_special_tokens=True)
     assert answer.strip() == pair.answer
+    rendered = tokenizer.decode(served)
+    assert system in rendered and ("<|im_start|>user\n" + system in rendered) is (template == "no system role")
 
 
 def test_ordinary_text_tokenizes_as_in_training(tokenizer, sample_dataset) -> None:
@@ -73,3 +99,15 @@ def test_a_passage_is_headed_by_its_section_or_else_its_title() -> None:
     content = with_context("where can i return books", [faq, untitled])
     assert "[1] Borrowing - FAQ > Can I return items to a different branch?\nYes, to any" in content
     assert "[2] guide\nNever use" in content and "City Library" not in content
+
+
+def test_a_tokenizer_without_a_chat_template_gets_chatml(tokenizer, tmp_path) -> None:
+    """A base model's tokenizer has no chat template: qaforge gives it ChatML where it
+    loads tokenizers, so training saves that template with the model and serving reads it."""
+    bare = copy.deepcopy(tokenizer)
+    bare.chat_template = None
+    bare.save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    assert loaded.chat_template == DEFAULT_CHAT_TEMPLATE
+    rendered = render_prompt(loaded, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert rendered == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
