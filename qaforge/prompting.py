@@ -91,19 +91,19 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-# Templates that reject the system role, found once per tokenizer.
-_NO_SYSTEM: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+# Whether a tokenizer's template takes the system role, found once per tokenizer.
+_TAKES_SYSTEM: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
 def takes_system_role(tokenizer: Any) -> bool:
-    if tokenizer not in _NO_SYSTEM:
+    if tokenizer not in _TAKES_SYSTEM:
         try:
             tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
                                           tokenize=False, add_generation_prompt=True)
-            _NO_SYSTEM[tokenizer] = False
+            _TAKES_SYSTEM[tokenizer] = True
         except Exception:  # jinja2's TemplateError from the template's raise_exception, whatever its wording
-            _NO_SYSTEM[tokenizer] = True
-    return not _NO_SYSTEM[tokenizer]
+            _TAKES_SYSTEM[tokenizer] = False
+    return _TAKES_SYSTEM[tokenizer]
 
 
 def fit_template(tokenizer: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

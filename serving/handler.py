@@ -18,7 +18,7 @@ from starlette.requests import Request
 
 from qaforge.fsutil import append_line
 from qaforge.generation import Completion, Sampling
-from qaforge.privacy import scrub, scrub_messages
+from qaforge.privacy import scrub_messages
 from qaforge.prompting import unweighted_history
 from qaforge.records import ConversationRecord, FeedbackRecord
 from qaforge.served import LoadedModel
@@ -124,12 +124,12 @@ class ChatHandler:
             request.state.log |= {"messages": messages, "answer": result.text}
         if self.settings.conversation_log:
             conversation = [*unweighted_history(messages), {"role": "assistant", "content": result.text}]
-            answer = result.text
             if self.settings.scrub_personal_data:  # before anything is written
-                conversation, answer = scrub_messages(conversation), scrub(answer)
+                conversation = scrub_messages(conversation)
             record = ConversationRecord(
                 time=datetime.now(UTC), request_id=request.state.request_id, key=key.name,
-                model=self.model.name, version=result.version, messages=conversation, answer=answer,
+                model=self.model.name, version=result.version, messages=conversation,
+                answer=conversation[-1]["content"],
             )
             append_line(self.settings.conversation_log, record.model_dump_json())
 

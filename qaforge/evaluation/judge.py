@@ -116,24 +116,17 @@ def pairwise(
             jobs.append(([{"role": "user", "content": prompt}], Preference))
     replies, usage = _run(jobs, cfg, "judge pairwise")
     log.info("judge pairwise: %d requests, %d repairs", usage.requests, usage.repairs)
-    wins = losses = ties = inconsistent = 0
+    inconsistent = 0
     outcome = []
     for a_first, b_first in zip(replies[::2], replies[1::2]):
         # Map both verdicts to "which model", undoing the swap of the second.
         first = {"A": "a", "B": "b", "tie": "tie"}[a_first.better]
         second = {"A": "b", "B": "a", "tie": "tie"}[b_first.better]
-        if first == second == "a":
-            wins += 1
-            outcome.append(1)
-        elif first == second == "b":
-            losses += 1
-            outcome.append(-1)
-        else:
-            ties += 1
-            inconsistent += first != second and "tie" not in (first, second)
-            outcome.append(0)
-    return (PairwiseResult(a=labels[0], b=labels[1], wins=wins, losses=losses, ties=ties, inconsistent=inconsistent),
-            np.array(outcome))
+        outcome.append(1 if first == second == "a" else -1 if first == second == "b" else 0)
+        inconsistent += first != second and "tie" not in (first, second)
+    won = np.array(outcome)
+    return (PairwiseResult(a=labels[0], b=labels[1], wins=int((won > 0).sum()), losses=int((won < 0).sum()),
+                           ties=int((won == 0).sum()), inconsistent=inconsistent), won)
 
 
 def judge_set(scores: SetReport, gated: str, baseline: str, cfg: EvaluationConfig,

@@ -36,7 +36,7 @@ from qaforge.evaluation.metrics import (
 from qaforge.evaluation.sets import Questions, gate_set
 from qaforge.general_data import GeneralQuestion, read_jsonl
 from qaforge.prompting import conversation_query
-from qaforge.records import EvalReport, EvalRow, GuardReport, ModelLabel, QAPair, Resampling, SetReport
+from qaforge.records import EvalReport, EvalRow, GuardReport, ModelLabel, QAPair, SetReport
 from qaforge.refusal import is_refusal
 from qaforge.served import Answering
 
@@ -98,7 +98,7 @@ def score_set(questions: Questions, answers: dict[ModelLabel, Answers], systems:
                | numeric_accuracy(found.answers, references) for label, found in answers.items()}
     for label in metrics:
         log.info("%s, %s: %s", questions.name, label, {k: round(v, 4) for k, v in metrics[label].items()})
-    clusters = None if questions.unit == Resampling.QUESTIONS else questions.clusters
+    clusters = questions.resampled
     comparisons = [
         interval
         for other in answers if other is not gated
@@ -178,8 +178,7 @@ def evaluate(
         reused |= {label for _, label in found} - missed
     scored = {name: score_set(questions, answers[name], systems, cfg, gated) for name, questions in sets.items()}
     if cfg.judge:  # every set, so that the gate can decide on the judge's score wherever it reads
-        scored = {name: judge_set(scores, gated, baseline, cfg, None if sets[name].unit == Resampling.QUESTIONS
-                                  else sets[name].clusters) for name, scores in scored.items()}
+        scored = {name: judge_set(scores, gated, baseline, cfg, sets[name].resampled) for name, scores in scored.items()}
     return EvalReport(
         gated=gated, baseline=baseline, models={label.value: s.model.location for label, s in systems.items()},
         reused=sorted(reused), sets=scored, gate_set=decided, gate_note=note,

@@ -28,6 +28,11 @@ class Questions:
     note: str = ""  # why this unit, when it is not the obvious one
 
     @property
+    def resampled(self) -> list[str] | None:
+        """What a cluster bootstrap resamples, per question; None when it is single questions."""
+        return None if self.unit == Resampling.QUESTIONS else self.clusters
+
+    @property
     def units(self) -> int:
         return len(set(self.clusters))
 

@@ -112,13 +112,16 @@ def request_messages(
     return [{"role": "system", "content": cfg.system_prompt}, {"role": "user", "content": user}]
 
 
+def _key(payload: dict[str, Any], cfg: TeacherConfig, answer_style: str) -> str:
+    """A cached reply's key: what was asked and every setting that changes the reply
+    (not how it is fetched, nor the teacher's name)."""
+    settings = cfg.model_dump(exclude={"concurrency", "retries", "timeout_seconds", "api_key_env", "name"})
+    data = json.dumps(payload | {"settings": settings, "answer_style": answer_style}, sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:32]
+
+
 def cache_key(chunk: Chunk, cfg: TeacherConfig, answer_style: str) -> str:
-    settings = cfg.model_dump(exclude={"concurrency", "retries", "timeout_seconds", "api_key_env"})
-    payload = json.dumps(
-        {"chunk": chunk.text, "title": chunk.title, "settings": settings, "answer_style": answer_style},
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return _key({"chunk": chunk.text, "title": chunk.title}, cfg, answer_style)
 
 
 def passages_text(passages: list[Chunk]) -> str:
@@ -126,10 +129,7 @@ def passages_text(passages: list[Chunk]) -> str:
 
 
 def answer_key(question: str, passages: list[Chunk], cfg: TeacherConfig, answer_style: str) -> str:
-    settings = cfg.model_dump(exclude={"concurrency", "retries", "timeout_seconds", "api_key_env", "name"})
-    payload = json.dumps({"question": question, "passages": [p.text for p in passages], "settings": settings,
-                          "answer_style": answer_style}, sort_keys=True)
-    return "answer-" + hashlib.sha256(payload.encode()).hexdigest()[:32]
+    return "answer-" + _key({"question": question, "passages": [p.text for p in passages]}, cfg, answer_style)
 
 
 class TeacherClient(ChatClient):
@@ -254,6 +254,6 @@ def teacher_answers(asks: list[tuple[str, list[Chunk]]], cfg: TeacherConfig, cac
         for i, (question, passages) in enumerate(asks)
     }
     found, asked = _cached_asks(jobs, TeacherAnswer, cfg, answer_style, cache_dir, usage, "question")
-    if asked and not any(str(i) in found for i in map(int, asked)):
+    if asked and not any(job_id in found for job_id in asked):
         raise _nothing_usable(cfg, usage, len(asked), "question")
     return [found.get(str(i)) for i in range(len(asks))], usage
